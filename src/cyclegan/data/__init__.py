@@ -1,0 +1,1 @@
+"""Data: sample-data maker, image listing, TFRecord codec, tf.data input pipeline."""

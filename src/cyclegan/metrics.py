@@ -1,0 +1,202 @@
+"""Evaluation metrics: Inception features, FID (exact and fast), KID, Kaggle's MiFID.
+
+Numbers are comparable only when they come from the same feature extractor; every result
+carries the extractor's id. Keras' InceptionV3 is *not* the TTUR/pytorch-fid/Kaggle graph, so
+FIDs here compare with other runs of this project only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import socket
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+KERAS_INCEPTION_NOTOP = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
+RANDOM_INIT_SEED = 0
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def _centered(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"need a 2-D array of at least 2 feature rows, got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("features contain NaN/Inf; the extractor or the images are broken")
+    mu = x.mean(axis=0)
+    return mu, (x - mu) / np.sqrt(x.shape[0] - 1)
+
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """tr sqrt(S1 S2) for symmetric PSD S1, S2, exactly: the eigenvalues of the symmetric
+    similar matrix sqrt(S1) S2 sqrt(S1), negative round-off clipped (no scipy.linalg.sqrtm)."""
+    w, v = np.linalg.eigh(sigma1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = root1 @ sigma2 @ root1
+    eig = np.linalg.eigvalsh((m + m.T) * 0.5)
+    return float(np.sqrt(np.clip(eig, 0, None)).sum())
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """||mu1 - mu2||^2 + tr S1 + tr S2 - 2 tr sqrt(S1 S2), in float64."""
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    diff = mu1 - mu2
+    value = diff @ diff + np.trace(sigma1) + np.trace(sigma2)
+    value -= 2.0 * trace_sqrt_product(sigma1, sigma2)
+    return float(max(value, 0.0))
+
+
+def fid(features1: np.ndarray, features2: np.ndarray) -> float:
+    """FID of two feature sets (covariances with N-1), exact.
+
+    With A_i the centred rows / sqrt(N_i - 1), S_i = A_i^T A_i, and the non-zero eigenvalues of
+    S1 S2 are the squared singular values of A1 A2^T: tr sqrt(S1 S2) = nuclear norm of A1 A2^T.
+    That is exact and cheap when a set has fewer images than dimensions (300 Monet paintings vs
+    2048-d features); otherwise the d x d eigen route is used.
+    """
+    mu1, a1 = _centered(features1)
+    mu2, a2 = _centered(features2)
+    if a1.shape[1] != a2.shape[1]:
+        raise ValueError(f"feature sizes differ: {a1.shape[1]} vs {a2.shape[1]}")
+    d = a1.shape[1]
+    diff = mu1 - mu2
+    traces = np.einsum("ij,ij->", a1, a1) + np.einsum("ij,ij->", a2, a2)
+    if min(a1.shape[0], a2.shape[0]) < d:
+        cross = np.linalg.svd(a1 @ a2.T, compute_uv=False).sum()
+    else:
+        cross = trace_sqrt_product(a1.T @ a1, a2.T @ a2)
+    return float(max(diff @ diff + traces - 2.0 * cross, 0.0))
+
+
+def kid(features1, features2, n_subsets=100, subset_size=1000, seed=0) -> tuple[float, float]:
+    """Kernel Inception Distance: unbiased MMD^2, kernel (x.y/d + 1)^3, mean and std over
+    random subsets (torch-fidelity's defaults)."""
+    x = np.asarray(features1, np.float64)
+    y = np.asarray(features2, np.float64)
+    d = x.shape[1]
+    m = min(subset_size, len(x), len(y))
+    if m < 2:
+        raise ValueError("KID needs at least 2 images per set")
+    rng = np.random.default_rng(seed)
+    scores = []
+    for _ in range(n_subsets):
+        xs = x[rng.choice(len(x), m, replace=False)]
+        ys = y[rng.choice(len(y), m, replace=False)]
+        kxx = (xs @ xs.T / d + 1) ** 3
+        kyy = (ys @ ys.T / d + 1) ** 3
+        kxy = (xs @ ys.T / d + 1) ** 3
+        mmd = (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+        mmd += (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+        mmd -= 2 * kxy.mean()
+        scores.append(mmd)
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def memorization_distance(generated, real) -> float:
+    """Kaggle's d: mean over generated rows of min over real rows of 1 - |cos|."""
+
+    def normalise(f):
+        f = np.asarray(f, np.float64)
+        f = f[np.linalg.norm(f, axis=1) > 0]
+        return f / np.linalg.norm(f, axis=1, keepdims=True)
+
+    g, r = normalise(generated), normalise(real)
+    return float(np.mean(np.min(1.0 - np.abs(g @ r.T), axis=1)))
+
+
+def mifid(generated, real, epsilon: float = 0.1) -> float:
+    """MiFID = FID / (d_thr + 1e-14), d_thr = d if d < epsilon else 1 (Kaggle's metric)."""
+    d = memorization_distance(generated, real)
+    d_thr = d if d < epsilon else 1.0
+    return fid(generated, real) / (d_thr + 1e-14)
+
+
+# ---------------------------------------------------------------- feature extractors
+
+
+@dataclasses.dataclass
+class FeatureExtractor:
+    """A named function from [-1, 1] float images to feature rows."""
+
+    name: str
+    input_size: int
+    model: Callable
+
+    def features(self, batches: Iterable[np.ndarray]) -> np.ndarray:
+        import tensorflow as tf
+
+        out = []
+        for batch in batches:
+            x = tf.convert_to_tensor(batch, tf.float32)
+            x = tf.image.resize(x, [self.input_size] * 2, method="bilinear", antialias=True)
+            out.append(np.asarray(self.model(tf.clip_by_value(x, -1.0, 1.0), training=False)))
+        feats = np.concatenate(out).astype(np.float64)
+        return feats.reshape(len(feats), -1)
+
+
+def _online(host="storage.googleapis.com", port=443, timeout=3.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _file_id(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def load_extractor(name: str, weights: str, input_size: int) -> FeatureExtractor:
+    """`inception_v3` with weights `auto` | `imagenet` | a weights file, or a `.keras` model."""
+    import keras
+
+    if name != "inception_v3":
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"evaluate.extractor '{name}' is neither 'inception_v3' nor an existing .keras file"
+            )
+        model = keras.saving.load_model(path, compile=False)
+        return FeatureExtractor(f"keras:{path.name}:{_file_id(path)}", input_size, model)
+
+    shape = (input_size, input_size, 3)
+    cached = Path(keras.config.keras_home() if hasattr(keras.config, "keras_home") else
+                  Path.home() / ".keras") / "models" / KERAS_INCEPTION_NOTOP  # fmt: skip
+    if weights == "auto":
+        weights = "imagenet" if cached.is_file() or _online() else "random"
+        if weights == "random":
+            warnings.warn(
+                "ImageNet InceptionV3 weights are neither cached nor downloadable: using a "
+                f"seeded random-init InceptionV3 (seed {RANDOM_INIT_SEED}). Its FIDs compare "
+                "only with FIDs from the same extractor.",
+                stacklevel=2,
+            )
+    if weights == "imagenet":
+        model = keras.applications.InceptionV3(
+            include_top=False, pooling="avg", weights="imagenet", input_shape=shape
+        )
+        return FeatureExtractor("inception_v3:imagenet", input_size, model)
+    if weights == "random":
+        keras.utils.set_random_seed(RANDOM_INIT_SEED)
+        model = keras.applications.InceptionV3(
+            include_top=False, pooling="avg", weights=None, input_shape=shape
+        )
+        return FeatureExtractor(
+            f"inception_v3:random-init(seed={RANDOM_INIT_SEED})", input_size, model
+        )
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"evaluate.inception_weights '{weights}' is not auto, imagenet, or an existing file"
+        )
+    model = keras.applications.InceptionV3(
+        include_top=False, pooling="avg", weights=str(path), input_shape=shape
+    )
+    return FeatureExtractor(f"inception_v3:file:{_file_id(path)}", input_size, model)
