@@ -66,8 +66,8 @@ def cmd_evaluate(cfg, args):
 
     result = evaluate.run(cfg, args.data, args.train, args.out)
     m = result.metrics
-    print(f"evaluate: FID(G(photos), paintings) = {m['fid']:.4f}  "
-          f"baseline FID(photos, paintings) = {m['fid_baseline_photos']:.4f}  "
+    print(f"evaluate: FID(G(photos), paintings) = {m['fid']:.4g}  "
+          f"baseline FID(photos, paintings) = {m['fid_baseline_photos']:.4g}  "
           f"KID = {m['kid_mean']:.4g}  MiFID = {m['mifid']:.4f}  [extractor {m['extractor']}]")
     print(f"evaluate: metrics {result.out_dir / evaluate.METRICS_JSON}, "
           f"sample grid {result.out_dir / evaluate.GRID_PNG}")
@@ -92,8 +92,8 @@ def cmd_results(cfg, args):
         return 1
     m = json.loads(metrics_path.read_text())
     print("\n== Results ==")
-    print(f"FID(G(photos), paintings): {m['fid']:.4f}   baseline FID(photos, paintings): "
-          f"{m['fid_baseline_photos']:.4f}   (extractor {m['extractor']})")  # fmt: skip
+    print(f"FID(G(photos), paintings): {m['fid']:.4g}   baseline FID(photos, paintings): "
+          f"{m['fid_baseline_photos']:.4g}   (extractor {m['extractor']})")  # fmt: skip
     print(f"  metrics:      {metrics_path}   (`dvc metrics show`)")
     print(f"  sample grid:  {out / 'evaluate' / 'grid.png'}   "
           f"(photo | G(photo) | F(G(photo)) | painting | F(painting) | G(F(painting)))")
