@@ -213,7 +213,13 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         node = node[part]
     if parts[-1] not in node:
         raise ConfigError(f"override '{override}': unknown key '{dotted}'")
-    node[parts[-1]] = yaml.safe_load(text)
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" as a string; a number is meant
+            value = float(value) if any(c.isdigit() for c in value) else value
+        except ValueError:
+            pass
+    node[parts[-1]] = value
 
 
 def load_config(path: str | Path = "params.yaml", overrides: list[str] | tuple = ()) -> Config:
