@@ -11,12 +11,15 @@ import json
 import os
 import sys
 import tempfile
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from pipeline.dag import (
     DEFAULT_MOUNT,
     DEFAULT_RESOURCES,
+    PIPELINE_NAME,
     PipelineOptions,
     compile_pipeline,
     params_text,
@@ -112,7 +115,9 @@ def cmd_run(args) -> int:
     client = _client(args)
     with tempfile.TemporaryDirectory(prefix="cyclegan-kfp-") as tmp:
         result = client.create_run_from_pipeline_package(
-            _package(args, tmp), arguments=_arguments(args), run_name=args.run_name,
+            _package(args, tmp),
+            arguments=_arguments(args),
+            run_name=args.run_name or f"{PIPELINE_NAME} {time.strftime('%Y-%m-%d %H:%M:%S')}",
             experiment_name=args.experiment, namespace=args.namespace,
         )  # fmt: skip
     print(f"pipeline: run {result.run_id} submitted to experiment '{args.experiment}'")
@@ -123,7 +128,7 @@ def find_recurring_run(client, name: str, experiment_id: str | None = None):
     """The recurring run called `name` (in `experiment_id`), or None; reads every page."""
     token = ""
     flt = json.dumps({"predicates": [{"key": "display_name", "operation": "EQUALS",
-                                      "string_value": name}]})  # fmt: skip
+                                      "stringValue": name}]})  # fmt: skip
     while True:
         page = client.list_recurring_runs(page_token=token, page_size=100,
                                           experiment_id=experiment_id, filter=flt)  # fmt: skip
@@ -175,8 +180,10 @@ def run_local(params_path: str | Path = "params.yaml", overrides: list[str] | tu
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
                raise_on_error=True)  # fmt: skip
     func = build_pipeline(image, PipelineOptions(kubernetes=False), params_path, overrides)
-    func(params_yaml=params_text(params_path), overrides=list(overrides),
-         photo_dir=str(photo_dir), monet_dir=str(monet_dir), max_fid_ratio=float(max_fid_ratio))  # fmt: skip
+    with warnings.catch_warnings():  # the image is not used here: no containers
+        warnings.filterwarnings("ignore", "You may be attemping", RuntimeWarning)
+        func(params_yaml=params_text(params_path), overrides=list(overrides),
+             photo_dir=str(photo_dir), monet_dir=str(monet_dir), max_fid_ratio=float(max_fid_ratio))  # fmt: skip
     new = sorted(set(pipeline_root.iterdir()) - before, key=lambda p: p.stat().st_mtime)
     return new[-1] if new else pipeline_root
 
@@ -187,12 +194,15 @@ def cmd_local(args) -> int:
                         arguments.get("photo_dir", ""), arguments.get("monet_dir", ""),
                         arguments.get("max_fid_ratio", 1.0), image=_image(args))  # fmt: skip
     print(f"pipeline: local run finished; outputs in {run_dir}")
-    for path in sorted(run_dir.glob("register*/registration/registration.json")):
+    registrations = sorted(run_dir.glob("register*/registration/registration.json"))
+    for path in registrations:
         info = json.loads(path.read_text())
-        print(
-            f"pipeline: registered {info['model_name']} version {info['version']} "
-            f"({'champion' if info['promoted'] else 'challenger'}) at {info['tracking_uri']}"
-        )
+        state = "champion" if info["promoted"] else "challenger"
+        print(f"pipeline: registered {info['model_name']} version {info['version']} ({state}) "
+              f"at {info['tracking_uri']}")  # fmt: skip
+    if not registrations:
+        print("pipeline: the FID gate did not pass (see evaluate/ and --max-fid-ratio); "
+              "nothing registered")  # fmt: skip
     return 0
 
 

@@ -109,7 +109,7 @@ def tfjob_manifest(
         "limits": dict((resources or {}).get("limits", {})),
     }
     if gpus_per_worker:
-        res["limits"]["nvidia.com/gpu"] = gpus_per_worker
+        res["limits"]["nvidia.com/gpu"] = str(gpus_per_worker)
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": image,
