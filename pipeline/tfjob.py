@@ -214,8 +214,14 @@ def launch_tfjob(
     def say(text: str) -> None:
         print(f"tfjob {namespace}/{name}: {text}", file=out, flush=True)
 
-    api.create_namespaced_custom_object(body=manifest, **ref)
-    say(f"created ({manifest['spec']['tfReplicaSpecs']['Worker']['replicas'] + 1} replicas)")
+    try:
+        api.create_namespaced_custom_object(body=manifest, **ref)
+        say(f"created ({manifest['spec']['tfReplicaSpecs']['Worker']['replicas'] + 1} replicas)")
+    except Exception as exc:
+        if getattr(exc, "status", None) != 409:
+            raise
+        # A retried launcher pod (the previous one was preempted): wait on the running job.
+        say("exists already (a retried launcher); waiting on it")
     started, seen, last_replicas = clock(), set(), None
     try:
         while True:

@@ -15,6 +15,8 @@ import pytest
 from pipeline.cli import main
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.filterwarnings("ignore:This client only works:FutureWarning")
+
 IMAGE = "registry.example.com/ml/cyclegan:1.2.3"
 API = "/apis/v2beta1"
 

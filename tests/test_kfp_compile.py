@@ -179,3 +179,23 @@ def test_compile_errors_are_reported(tmp_path, monkeypatch, capsys):
     assert main(["-p", str(REPO / "params.yaml"), "-S", "train.nope=1", "compile", "--out", out,
                  "--image", IMAGE]) == 1  # fmt: skip
     assert "train.nope" in capsys.readouterr().err
+
+
+def test_pipeline_commands_plug_into_a_cyclegan_style_parser(tmp_path):
+    """`add_pipeline_commands` under a parser with cyclegan's top-level -p / -S options."""
+    import argparse
+
+    from cyclegan.config import load_config
+    from pipeline.cli import add_pipeline_commands
+
+    parser = argparse.ArgumentParser(prog="cyclegan")
+    parser.add_argument("-p", "--params", default="params.yaml")
+    parser.add_argument("-S", "--set", action="append", default=[])
+    add_pipeline_commands(parser.add_subparsers(dest="command", required=True))
+    out = tmp_path / "p.yaml"
+    args = parser.parse_args(["-p", str(REPO / "params.yaml"), "-S", "train.epochs=2", "pipeline",
+                              "compile", "--out", str(out), "--image", IMAGE, "-S", "train.ngf=8"])  # fmt: skip
+    assert args.func(load_config(args.params, args.set), args) == 0
+    spec = next(yaml.safe_load_all(out.read_text()))
+    overrides = spec["root"]["inputDefinitions"]["parameters"]["overrides"]["defaultValue"]
+    assert overrides == ["train.epochs=2", "train.ngf=8"]

@@ -232,3 +232,32 @@ def test_launcher_times_out_and_deletes_the_job():
     assert info.value.clock.now >= 30
     assert api.calls[-1] == ("delete", "kubeflow.org", "v1", "ml", "tfjobs", "cyclegan-train-abc")
     assert "deleted" in info.value.log
+
+
+def test_a_retried_launcher_adopts_the_existing_job():
+    class Conflict(Exception):
+        status = 409
+
+    class Existing(FakeCustomObjects):
+        def create_namespaced_custom_object(self, group, version, namespace, plural, body, **kw):
+            self.created = body
+            raise Conflict("AlreadyExists")
+
+    api = Existing([{"conditions": [cond("Running")]}, {"conditions": [cond("Succeeded")]}])
+    result, log, _ = launch(api)
+    assert result["status"]["conditions"][0]["type"] == "Succeeded"
+    assert "exists already" in log and api.calls[-1][0] == "delete"
+
+
+def test_other_create_errors_propagate_without_a_delete():
+    class Forbidden(Exception):
+        status = 403
+
+    class NoRbac(FakeCustomObjects):
+        def create_namespaced_custom_object(self, *a, **kw):
+            raise Forbidden("tfjobs.kubeflow.org is forbidden")
+
+    api = NoRbac([{}])
+    with pytest.raises(Forbidden):
+        launch(api)
+    assert api.calls == []
