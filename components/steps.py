@@ -132,7 +132,8 @@ def train_tfjob(
         raise ValueError("multi-worker training needs a shared ReadWriteMany volume: compile "
                          "the pipeline with --pvc NAME")  # fmt: skip
     work = _runtime.work_dir(work_root, run_id, "tfjob")
-    _runtime.copy_tree(data.path, work / "data")
+    if not (work / "data" / "manifest.json").is_file():  # a retried launcher: staged already
+        _runtime.copy_tree(data.path, work / "data")
     (work / "params.yaml").write_text(params_yaml)
     name = tfjob.job_name(run_id)
     manifest = tfjob.tfjob_manifest(
