@@ -16,14 +16,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from pipeline.dag import (
-    DEFAULT_MOUNT,
-    DEFAULT_RESOURCES,
-    PIPELINE_NAME,
-    PipelineOptions,
-    compile_pipeline,
-    params_text,
-)
+from pipeline.defaults import DEFAULT_MOUNT, DEFAULT_RESOURCES, PIPELINE_NAME
+
+# pipeline.dag (and so kfp) is imported inside the commands: building the `cyclegan` parser
+# must stay cheap for every other command.
 
 HOST_ENV = "KFP_HOST"
 
@@ -56,7 +52,9 @@ def _parse_toleration(text: str) -> dict[str, Any]:
     return tol
 
 
-def _options(args) -> PipelineOptions:
+def _options(args):
+    from pipeline.dag import PipelineOptions
+
     resources = dict(DEFAULT_RESOURCES)
     cpu_req, cpu_lim, mem_req, mem_lim = resources["train"]
     resources["train"] = (args.train_cpu or cpu_req, args.train_cpu or cpu_lim,
@@ -76,6 +74,8 @@ def _options(args) -> PipelineOptions:
 
 def _arguments(args) -> dict[str, Any]:
     """Pipeline run arguments: the params text, the overrides, and any given data dirs / gate."""
+    from pipeline.dag import params_text
+
     out: dict[str, Any] = {"params_yaml": params_text(args.params), "overrides": _overrides(args)}
     for name in ("photo_dir", "monet_dir", "max_fid_ratio"):
         if getattr(args, name, None) is not None:
@@ -85,6 +85,8 @@ def _arguments(args) -> dict[str, Any]:
 
 def _package(args, tmp: str) -> str:
     """The pipeline YAML to submit: --package, else compiled now from the options."""
+    from pipeline.dag import compile_pipeline
+
     if getattr(args, "package", None):
         return args.package
     path = Path(tmp) / "pipeline.yaml"
@@ -105,6 +107,8 @@ def _client(args):
 
 
 def cmd_compile(args) -> int:
+    from pipeline.dag import compile_pipeline
+
     path = compile_pipeline(args.out, _image(args), _options(args), args.params, _overrides(args))
     print(f"pipeline: compiled to {path} (image {_image(args)}, gpus {args.gpus}, "
           f"workers {args.workers})")  # fmt: skip
@@ -173,7 +177,7 @@ def run_local(params_path: str | Path = "params.yaml", overrides: list[str] | tu
     environment, no containers, no cluster settings). Returns the run's output directory."""
     from kfp import local
 
-    from pipeline.dag import build_pipeline
+    from pipeline.dag import PipelineOptions, build_pipeline, params_text
 
     pipeline_root = Path(pipeline_root).absolute()
     before = set(pipeline_root.iterdir()) if pipeline_root.is_dir() else set()
