@@ -155,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("results", help="print where the last pipeline run's results are")
     p.add_argument("--out-root", default="out")
     p.set_defaults(func=cmd_results)
+
+    from pipeline.cli import add_pipeline_commands  # the Kubeflow adapter (pipeline/)
+
+    add_pipeline_commands(sub)
     return parser
 
 

@@ -80,6 +80,7 @@ class TrainConfig:
     strategy: Literal["default", "mirrored", "multi_worker"]
     checkpoint_every: int
     log_every: int
+    deterministic: bool
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,10 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        # All local GPUs; on a machine without GPUs, all logical CPU devices (tests split the
+        # CPU into two logical devices to exercise the same code path).
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise RuntimeError(
@@ -105,8 +108,12 @@ class ImagePool(tf.Module):
                                lambda image=image, coin=coin, index=index: self._swap(image, coin, index)))  # fmt: skip
         return tf.cast(tf.stack(out), fakes.dtype)
 
+    def _store(self, index, image):
+        # assign (not scatter_nd_update): the only update replica-local variables support
+        self.images.assign(tf.tensor_scatter_nd_update(self.images, [[index]], image[None]))
+
     def _insert(self, image):
-        self.images.scatter_nd_update([[self.count]], image[None])
+        self._store(self.count, image)
         self.count.assign_add(1)
         return image
 
@@ -114,7 +121,7 @@ class ImagePool(tf.Module):
         def swap():
             old = tf.identity(self.images[index])
             with tf.control_dependencies([old]):
-                self.images.scatter_nd_update([[index]], image[None])
+                self._store(index, image)
             return old
 
         return tf.cond(coin < 0.5, swap, lambda: tf.identity(image))

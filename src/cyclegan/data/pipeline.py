@@ -65,7 +65,11 @@ def unpaired_batches(photo_files, n_photo, monet_files, n_monet, *, global_batch
     photos = training_domain(photo_files, seed=seed, **kwargs)
     monets = training_domain(monet_files, seed=seed + 7919, **kwargs)
     steps_per_epoch = max(1, math.ceil(max(n_photo, n_monet) / global_batch))
-    return tf.data.Dataset.zip((photos, monets)).prefetch(AUTOTUNE), steps_per_epoch
+    pairs = tf.data.Dataset.zip((photos, monets)).prefetch(AUTOTUNE)
+    # Endless random streams: workers split each global batch (DATA), not the files.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return pairs.with_options(options), steps_per_epoch
 
 
 def eval_images(files, image_size: int, batch_size: int) -> tf.data.Dataset:

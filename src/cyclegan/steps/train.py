@@ -106,9 +106,13 @@ def run(cfg: Config, data_dir: str | Path, out_dir: str | Path, progress: bool =
                          f"or monet ({n_monet}); add images or lower preprocess.test_fraction")  # fmt: skip
 
     tf.keras.utils.set_random_seed(tcfg.seed)
+    if tcfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
     strategy = make_strategy(tcfg.strategy)
     chief, task_id = _is_chief(strategy)
     out_dir = Path(out_dir)
+    # MultiWorkerMirroredStrategy: every worker saves (collective ops), only the chief's copy
+    # is the output; the others write beside it under .worker-N/.
     write_dir = out_dir if chief else out_dir / f".worker-{task_id}"
     global_batch = tcfg.batch_size * strategy.num_replicas_in_sync
     dataset, steps_per_epoch = unpaired_batches(
@@ -185,7 +189,7 @@ def run(cfg: Config, data_dir: str | Path, out_dir: str | Path, progress: bool =
         manager.save(checkpoint_number=step)
     _write_history(history_path, history)
     if step < total_steps:  # stopped early on request (max_steps)
-        return TrainResult(out_dir, step, values, resumed_from)
+        return TrainResult(write_dir, step, values, resumed_from)
 
     if not values and history:
         values = {k: float(history[-1][k]) for k in LOSS_NAMES}
@@ -207,6 +211,4 @@ def run(cfg: Config, data_dir: str | Path, out_dir: str | Path, progress: bool =
             params=dataclasses.asdict(tcfg),
             n_train={"photo": n_photo, "monet": n_monet},
         )  # fmt: skip
-    if not chief:
-        shutil.rmtree(write_dir, ignore_errors=True)
-    return TrainResult(out_dir, step, values, resumed_from)
+    return TrainResult(write_dir, step, values, resumed_from)
