@@ -82,6 +82,20 @@ def cmd_register(cfg, args):
     print(f"register: MLflow run {result.run_id} at {result.tracking_uri}")
 
 
+def cmd_translate(cfg, args):
+    from cyclegan.steps import translate
+
+    result = translate.translate(args.inputs, args.model, args.out)
+    print(f"translate: {len(result.written)} images -> {args.out}")
+
+
+def cmd_submit(cfg, args):
+    from cyclegan.steps import translate
+
+    n = translate.submit(args.photos, args.model, args.out, force=args.force)
+    print(f"submit: {n} translated 256x256 JPEGs -> {args.out}")
+
+
 def cmd_results(cfg, args):
     """Where a pipeline run's results are (the end of `make repro`)."""
     out = Path(args.out_root)
@@ -151,6 +165,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validated", default="out/validate")
     p.add_argument("--out", default="out/register")
     p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("translate", help="translate photos (any size) with a trained generator")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--model", default="out/train",
+                   help="models:/NAME@champion, runs:/..., an MLflow model dir, or a train output dir")  # fmt: skip
+    p.add_argument("--out", required=True, help="output folder (PNG per input)")
+    p.set_defaults(func=cmd_translate)
+
+    p = sub.add_parser("submit", help="write Kaggle's images.zip (7,000-10,000 256x256 JPEGs)")
+    p.add_argument("photos", help="folder of photos (e.g. Kaggle's photo_jpg)")
+    p.add_argument("--model", default="out/train")
+    p.add_argument("--out", default="images.zip")
+    p.add_argument("--force", action="store_true", help="write even outside 7,000-10,000 images")
+    p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("results", help="print where the last pipeline run's results are")
     p.add_argument("--out-root", default="out")

@@ -149,6 +149,14 @@ def _online(host="storage.googleapis.com", port=443, timeout=3.0) -> bool:
         return False
 
 
+def imagenet_weights_cached() -> bool:
+    """Whether Keras already holds the ImageNet InceptionV3 (no-top) weights file."""
+    import keras
+
+    home = Path(keras.config.keras_home()) if hasattr(keras.config, "keras_home") else Path.home() / ".keras"
+    return (home / "models" / KERAS_INCEPTION_NOTOP).is_file()
+
+
 def _file_id(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
@@ -167,10 +175,8 @@ def load_extractor(name: str, weights: str, input_size: int) -> FeatureExtractor
         return FeatureExtractor(f"keras:{path.name}:{_file_id(path)}", input_size, model)
 
     shape = (input_size, input_size, 3)
-    cached = Path(keras.config.keras_home() if hasattr(keras.config, "keras_home") else
-                  Path.home() / ".keras") / "models" / KERAS_INCEPTION_NOTOP  # fmt: skip
     if weights == "auto":
-        weights = "imagenet" if cached.is_file() or _online() else "random"
+        weights = "imagenet" if imagenet_weights_cached() or _online() else "random"
         if weights == "random":
             warnings.warn(
                 "ImageNet InceptionV3 weights are neither cached nor downloadable: using a "
