@@ -328,9 +328,33 @@ def test_rbac_lets_the_pipeline_run_tfjobs_and_nothing_more(kustomization):
                for (g, r), verbs in grants.items() if r != "tfjobs")  # fmt: skip
 
 
-def _selects(policy, labels) -> bool:
-    want = policy["spec"]["podSelector"].get("matchLabels", {})
-    return all(labels.get(k) == v for k, v in want.items())
+def matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Kubernetes label-selector semantics (matchLabels + matchExpressions)."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": labels.get(key) not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def admitted(policies, labels: dict[str, str]) -> tuple[list[dict], set[int]]:
+    """(ingress peers, ports) that the policies selecting pods with `labels` allow."""
+    rules = [
+        rule
+        for p in policies
+        if matches(p["spec"]["podSelector"], labels)
+        for rule in p["spec"].get("ingress", [])
+    ]
+    peers = [peer for rule in rules for peer in rule["from"]]
+    return peers, {port["port"] for rule in rules for port in rule["ports"]}
 
 
 @pytest.mark.parametrize("kustomization", STACK)
@@ -338,25 +362,35 @@ def test_network_policies_admit_only_the_pipeline(kustomization):
     objs = render(kustomization)
     policies = list(by_kind(objs, "NetworkPolicy").values())
     deny = [p for p in policies if p["spec"]["podSelector"] == {} and "ingress" not in p["spec"]]
-    assert deny and "Ingress" in deny[0]["spec"]["policyTypes"], "default deny for ingress"
+    assert deny and deny[0]["spec"]["policyTypes"] == ["Ingress"], "default deny for ingress"
+    assert "ipBlock" not in json.dumps(policies), "no CIDR-wide exceptions"
 
-    def ingress_peers(app):
-        labels = {"app.kubernetes.io/name": app}
-        rules = [r for p in policies if _selects(p, labels) for r in p["spec"].get("ingress", [])]
-        assert rules, f"{app} has an ingress policy"
-        return [peer for r in rules for peer in r["from"]], {
-            pt["port"] for r in rules for pt in r["ports"]
-        }
-
+    pipeline_namespaces = {"namespaceSelector": {"matchLabels": {"cyclegan.io/pipeline": "true"}}}
     for app, port in (("minio", 9000), ("mlflow", 5000)):
-        peers, ports = ingress_peers(app)
-        assert ports == {port}
-        assert peers == [{"namespaceSelector": {"matchLabels": {"cyclegan.io/pipeline": "true"}}}]
-    peers, ports = ingress_peers("mlflow-postgres")
-    assert ports == {5432}
-    assert peers == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "mlflow"}}}]
-    for p in policies:  # every workload pod is covered by a policy besides the default deny
-        assert "ipBlock" not in json.dumps(p), "no CIDR-wide exceptions"
+        assert admitted(policies, {"app.kubernetes.io/name": app}) == (
+            [pipeline_namespaces],
+            {port},
+        )
+    only_mlflow = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "mlflow"}}}
+    assert admitted(policies, {"app.kubernetes.io/name": "mlflow-postgres"}) == (
+        [only_mlflow],
+        {5432},
+    )
+    assert admitted(policies, {"app.kubernetes.io/name": "minio-buckets"}) == ([], set())
+
+    # TFJob replicas (labelled by the Training Operator) reach each other on the TF_CONFIG port
+    tfjob_pod = {"training.kubeflow.org/job-name": "cyclegan-train", "app.kubernetes.io/name": "x"}
+    peers, ports = admitted(policies, tfjob_pod)
+    assert ports == {2222} and any(matches(p["podSelector"], tfjob_pod) for p in peers)
+
+    # every pod of the stack has a policy of its own besides the default deny
+    for obj in objs:
+        if pod_specs(obj):
+            labels = obj["spec"]["template"]["metadata"]["labels"]
+            own = [
+                p for p in policies if p not in deny and matches(p["spec"]["podSelector"], labels)
+            ]
+            assert own, f"{obj['kind']}/{obj['metadata']['name']} has no NetworkPolicy"
 
 
 # -------------------------------------------------------------------------- security
@@ -612,42 +646,51 @@ def test_mlflow_entrypoint_builds_a_quoted_backend_uri(tmp_path):
     assert argv[argv.index("--workers") + 1] == "2"
 
 
-def test_bucket_job_creates_buckets_user_and_policy(tmp_path):
+# A re-run finds the policy attached: `attach` fails, `user info` shows it -> still success;
+# a failing attach without the policy on the user -> the Job fails (and is retried).
+MC_STUBS = {
+    "first run": ('echo "$*" >> "$MC_LOG"\n', 0),
+    "re-run": (
+        'echo "$*" >> "$MC_LOG"\n'
+        'case "$*" in "admin policy attach"*) exit 1;; '
+        '"admin user info"*) echo "PolicyName: cyclegan-readwrite";; esac\n',
+        0,
+    ),
+    "attach broken": (
+        'echo "$*" >> "$MC_LOG"\ncase "$*" in "admin policy attach"*) exit 1;; esac\n',
+        1,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", MC_STUBS)
+def test_bucket_job_creates_buckets_user_and_policy(tmp_path, case):
     objs = render("base")
     data = by_kind(objs, "ConfigMap")["minio-buckets"]["data"]
     (c,) = by_kind(objs, "Job")["minio-buckets"]["spec"]["template"]["spec"]["containers"]
-    secrets, config, bin_dir, log = (
-        tmp_path / "secrets",
-        tmp_path / "config",
-        tmp_path / "bin",
-        tmp_path / "mc.log",
-    )
+    secrets, config, bin_dir = tmp_path / "secrets", tmp_path / "config", tmp_path / "bin"
     bin_dir.mkdir()
     config.mkdir()
     for key, value in data.items():
         (config / key).write_text(value)
     _secrets(secrets, "minio", {"MINIO_ROOT_USER": "root-user", "MINIO_ROOT_PASSWORD": "root-pass"})
-    _secrets(
-        secrets,
-        "s3",
-        {"AWS_ACCESS_KEY_ID": "pipeline-key", "AWS_SECRET_ACCESS_KEY": "pipeline-secret"},
-    )
-    _stub(bin_dir, "mc", f'echo "$*" >> "{log}"\n')
+    s3_keys = {"AWS_ACCESS_KEY_ID": "pipeline-key", "AWS_SECRET_ACCESS_KEY": "pipeline-secret"}
+    _secrets(secrets, "s3", s3_keys)
+    stub, want_rc = MC_STUBS[case]
+    _stub(bin_dir, "mc", stub)
     script = (config / "create-buckets.sh").read_text()
     script = script.replace("/run/secrets/", f"{secrets}/").replace("/config/", f"{config}/")
     env = {e["name"]: e["value"] for e in c["env"]}
-    env["PATH"] = f"{bin_dir}:/usr/bin:/bin"
-    proc = subprocess.run(
-        ["/bin/sh", "-c", script], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert proc.returncode == 0, proc.stderr
-    calls = log.read_text().splitlines()
+    env.update(PATH=f"{bin_dir}:/usr/bin:/bin", MC_LOG=str(tmp_path / "mc.log"))
+    proc = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, timeout=60)
+    assert proc.returncode == want_rc, proc.stderr
+    calls = (tmp_path / "mc.log").read_text().splitlines()
     assert calls[0] == "alias set local http://minio:9000 root-user root-pass"
     for bucket in ("datasets", "dvc", "mlflow"):
         assert f"mb --ignore-existing local/{bucket}" in calls
     assert f"admin policy create local cyclegan-readwrite {config}/cyclegan-readwrite.json" in calls
     assert "admin user add local pipeline-key pipeline-secret" in calls
-    assert calls[-1] == "admin policy attach local cyclegan-readwrite --user pipeline-key"
+    assert "admin policy attach local cyclegan-readwrite --user pipeline-key" in calls
 
 
 # ------------------------------------------------------------------------------- README
