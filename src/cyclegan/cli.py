@@ -137,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample_data)
 
     p = sub.add_parser("validate", help="check every input image (Great Expectations)")
-    p.add_argument("--photo-dir", help="default: data.photo_dir")
-    p.add_argument("--monet-dir", help="default: data.monet_dir")
+    p.add_argument("--photo-dir", help="photos: a folder, a Kaggle folder or .zip, a folder of "
+                   ".tfrec files, or s3://bucket/prefix (default: data.photo_dir)")  # fmt: skip
+    p.add_argument("--monet-dir", help="paintings, same kinds of source (default: data.monet_dir)")
     p.add_argument("--out", default="out/validate")
     p.set_defaults(func=cmd_validate)
 

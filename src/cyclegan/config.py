@@ -31,8 +31,10 @@ class SampleConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    photo_dir: str
+    photo_dir: str  # a folder, a Kaggle folder/zip, or s3://bucket/prefix (cyclegan.data.ingest)
     monet_dir: str
+    s3_retry_mode: Literal["standard", "adaptive"]
+    s3_max_attempts: int
     sample: SampleConfig
 
 
@@ -45,6 +47,7 @@ class ValidateConfig:
     min_images_per_domain: int
     min_std: float
     on_invalid: Literal["fail", "skip"]
+    workers: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +123,10 @@ class Config:
 
 
 _CHECKS = {
+    "data.s3_max_attempts": lambda v: v >= 1 or "must be >= 1 (attempts per request, in all)",
+    "validate.workers": lambda v: v >= 1 or "must be >= 1",
+    "validate.min_side": lambda v: v >= 1 or "must be >= 1",
+    "validate.max_side": lambda v: v >= 1 or "must be >= 1",
     "preprocess.image_size": lambda v: v >= 16 and v % 4 == 0 or "must be >= 16 and a multiple of 4",
     "preprocess.jpeg_quality": lambda v: 1 <= v <= 100 or "must be in 1..100",
     "preprocess.test_fraction": lambda v: 0.0 < v < 1.0 or "must be between 0 and 1",

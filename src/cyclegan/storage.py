@@ -82,3 +82,61 @@ def read_manifest(directory: str | Path, step: str) -> dict[str, Any]:
             f"'{path}' was written by step '{manifest.get('step')}', expected '{step}'"
         )
     return manifest
+
+
+# --- s3:// through boto3 (endpoint from AWS_ENDPOINT_URL; MinIO, moto, AWS) -----------------
+
+S3_SCHEME = "s3://"
+
+
+def is_s3_uri(value: str | os.PathLike) -> bool:
+    return str(value).startswith(S3_SCHEME)
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/some/prefix` -> ('bucket', 'some/prefix')."""
+    if not is_s3_uri(uri):
+        raise ValueError(f"'{uri}' is not an s3:// URI")
+    bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
+    if not bucket:
+        raise ValueError(f"'{uri}' names no bucket (expected s3://bucket/prefix)")
+    return bucket, key
+
+
+def s3_client(retry_mode: str = "standard", max_attempts: int = 5):
+    """A boto3 S3 client; endpoint from `AWS_ENDPOINT_URL` (MinIO/moto) or AWS itself.
+
+    botocore's retry handler retries 5xx, throttling (SlowDown, 429) and connection errors with
+    jittered exponential backoff, up to `max_attempts` attempts per request in total
+    ('standard'; 'adaptive' adds client-side rate limiting).
+    """
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    config = BotoConfig(
+        retries={"mode": retry_mode, "total_max_attempts": max_attempts},
+        s3={"addressing_style": "path"} if endpoint else None,
+        connect_timeout=10,
+        read_timeout=60,
+    )
+    return boto3.client("s3", endpoint_url=endpoint or None, config=config)
+
+
+def iter_s3_objects(client, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
+    """Every object under `prefix` ({'Key', 'Size', 'ETag', ...}), in key order, paginated."""
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        yield from page.get("Contents", [])
+
+
+def download_s3_object(client, bucket: str, key: str, dest: str | Path,
+                       chunk: int = 1 << 20) -> str:  # fmt: skip
+    """Stream one object into `dest` (atomically); return its sha256."""
+    digest = hashlib.sha256()
+    with atomic_path(dest) as tmp, open(tmp, "wb") as fh:
+        body = client.get_object(Bucket=bucket, Key=key)["Body"]
+        for block in iter(lambda: body.read(chunk), b""):
+            digest.update(block)
+            fh.write(block)
+    return digest.hexdigest()

@@ -27,7 +27,9 @@ def encode_example(name: str, jpeg: bytes, target: str) -> bytes:
             }
         )
     )
-    return example.SerializeToString()
+    # deterministic: protobuf map order otherwise varies between processes (hash seeds), and
+    # reruns must write byte-identical shards
+    return example.SerializeToString(deterministic=True)
 
 
 def parse_example(record: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -38,3 +40,12 @@ def decode_image(jpeg: tf.Tensor) -> tf.Tensor:
     """JPEG bytes -> float32 HxWx3 in [-1, 1] (the generators' tanh range)."""
     image = tf.io.decode_jpeg(jpeg, channels=3)
     return tf.cast(image, tf.float32) / 127.5 - 1.0
+
+
+def read_examples(path: str) -> list[dict[str, bytes]]:
+    """All records of one TFRecord file as {feature: bytes} (for checks and tools, not training)."""
+    out = []
+    for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+        feature = tf.train.Example.FromString(record).features.feature
+        out.append({k: feature[k].bytes_list.value[0] for k in FEATURES if k in feature})
+    return out

@@ -1,16 +1,30 @@
 """Preprocess step: accepted images -> resized RGB JPEG -> sharded TFRecords + manifest.
 
-Train/test split by a stable hash of each image's content, so adding images never moves old
-ones between splits. Workers do the CPU-heavy decode/resize/encode with PIL; the parent writes
-each shard under a temp name and renames it, so a killed run leaves no partial shard and a
-rerun writes byte-identical shards.
+- Split: train/test by a stable hash of each image's content, so adding images never moves old
+  ones between splits; within a shard, images are ordered by content hash.
+- Parallel: worker processes (`preprocess.workers`, spawned, PIL only) decode (EXIF orientation
+  applied), resize and JPEG-encode; the parent writes shards. At most two shards are in flight,
+  so memory stays bounded whatever the dataset size.
+- Atomic and restartable: the old manifest is removed first (a half-written output directory is
+  never mistaken for a finished one); each shard is written under a hidden temp name, fsynced
+  and renamed; `.progress.json` records finished shards of the current plan, so a rerun after a
+  kill keeps them (after checking their sha256) and writes the rest. Shards are byte-identical
+  to those of an uninterrupted run.
+- Consistent: each image's sha256 is checked against the validate manifest while encoding.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import dataclasses
+import hashlib
 import io
+import json
+import multiprocessing
+import os
+import shutil
+import time
 from pathlib import Path
 
 from PIL import Image
@@ -18,15 +32,31 @@ from tqdm import tqdm
 
 from cyclegan.config import Config, PreprocessConfig
 from cyclegan.data.images import DOMAINS, open_rgb
-from cyclegan.storage import atomic_path, read_manifest, sha256_file, write_manifest
+from cyclegan.storage import (
+    MANIFEST,
+    atomic_path,
+    read_manifest,
+    sha256_file,
+    write_json,
+    write_manifest,
+)
 
 SPLITS = ("train", "test")
+PROGRESS = ".progress.json"
+PROGRESS_EVERY_S = 1.0  # a kill loses at most this much finished work
+IN_FLIGHT_SHARDS = 2  # bounded memory: at most this many shards (or IN_FLIGHT_PER_WORKER
+IN_FLIGHT_PER_WORKER = 8  # images per worker, if more) are encoded ahead of the writer
+
+
+class InputChangedError(RuntimeError):
+    """An input file no longer has the content the validate step checked."""
 
 
 @dataclasses.dataclass
 class PreprocessResult:
     out_dir: Path
     counts: dict[str, dict[str, int]]
+    reused_shards: int = 0
 
 
 def split_of(sha256: str, test_fraction: float) -> str:
@@ -43,10 +73,17 @@ def resize(img: Image.Image, size: int, policy: str) -> Image.Image:
     return img.resize((size, size), Image.BICUBIC, reducing_gap=3.0)
 
 
-def encode_image(path: str, size: int, policy: str, quality: int) -> bytes:
-    """Worker: decode (EXIF applied), resize, re-encode as baseline JPEG."""
+def encode_image(path: str, size: int, policy: str, quality: int,
+                 sha256: str | None = None) -> bytes:  # fmt: skip
+    """Worker: read, check the content hash, decode (EXIF applied), resize, encode baseline JPEG."""
+    data = Path(path).read_bytes()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise InputChangedError(
+            f"'{path}' changed after validation (sha256 differs from the validate manifest); "
+            f"rerun `cyclegan validate`"
+        )
     buf = io.BytesIO()
-    resize(open_rgb(path), size, policy).save(buf, format="JPEG", quality=quality)
+    resize(open_rgb(io.BytesIO(data)), size, policy).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
 
 
@@ -57,9 +94,79 @@ def shard_name(domain: str, split: str, index: int, total: int) -> str:
 def _write_shard(path: Path, records: list[bytes]) -> None:
     import tensorflow as tf
 
-    with atomic_path(path) as tmp, tf.io.TFRecordWriter(str(tmp)) as writer:
-        for record in records:
-            writer.write(record)
+    with atomic_path(path) as tmp:
+        with tf.io.TFRecordWriter(str(tmp)) as writer:
+            for record in records:
+                writer.write(record)
+        with open(tmp, "rb+") as fh:  # on disk before it gets its final name
+            os.fsync(fh.fileno())
+
+
+@dataclasses.dataclass
+class _Shard:
+    file: str
+    domain: str
+    split: str
+    images: list[dict]
+
+
+def _plan(images: list[dict], pcfg: PreprocessConfig) -> list[_Shard]:
+    groups: dict[tuple[str, str], list[dict]] = {(d, s): [] for d in DOMAINS for s in SPLITS}
+    for image in sorted(images, key=lambda im: (im["sha256"], im["file"])):
+        groups[(image["domain"], split_of(image["sha256"], pcfg.test_fraction))].append(image)
+    shards = []
+    for (domain, split), group in groups.items():
+        n_shards = max(1, -(-len(group) // pcfg.shard_size))
+        for index in range(n_shards):
+            chunk = group[index * pcfg.shard_size : (index + 1) * pcfg.shard_size]
+            shards.append(_Shard(shard_name(domain, split, index, n_shards), domain, split, chunk))
+    return shards
+
+
+def _plan_hash(shards: list[_Shard], pcfg: PreprocessConfig) -> str:
+    blob = json.dumps(
+        {
+            "params": dataclasses.asdict(pcfg) | {"workers": None},  # workers don't change bytes
+            "shards": [[s.file, [(im["sha256"], im["name"]) for im in s.images]] for s in shards],
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class _Inline(cf.Executor):
+    """workers: 1 -> encode in this process (no pool start-up)."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        future: cf.Future = cf.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+
+def _finished_shards(out_dir: Path, plan_hash: str) -> dict[str, str]:
+    """Shards a killed run of the same plan finished (verified against their sha256)."""
+    path = out_dir / PROGRESS
+    try:
+        progress = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if progress.get("plan") != plan_hash:
+        return {}
+    return {
+        f: sha
+        for f, sha in progress.get("done", {}).items()
+        if (out_dir / f).is_file() and sha256_file(out_dir / f) == sha
+    }
+
+
+def _resolve(image: dict, validated_dir: Path) -> dict:
+    path = Path(image["path"])
+    if image.get("staged"):
+        path = validated_dir / path
+    return {**image, "file": str(path), "name": image.get("name") or path.name}
 
 
 def run(cfg: Config, validated_dir: str | Path, out_dir: str | Path,
@@ -68,59 +175,95 @@ def run(cfg: Config, validated_dir: str | Path, out_dir: str | Path,
     from cyclegan.data.tfrecord import encode_example
 
     pcfg: PreprocessConfig = cfg.preprocess
+    validated_dir = Path(validated_dir)
     validated = read_manifest(validated_dir, "validate")
     if not validated.get("passed", False):
         raise RuntimeError(
             f"'{validated_dir}' records a failed validation; fix the data (see its rejected.csv) "
             f"and rerun `cyclegan validate`"
         )
-    groups: dict[tuple[str, str], list[dict]] = {(d, s): [] for d in DOMAINS for s in SPLITS}
-    for image in sorted(validated["images"], key=lambda im: im["sha256"]):
-        groups[(image["domain"], split_of(image["sha256"], pcfg.test_fraction))].append(image)
+    images = [_resolve(im, validated_dir) for im in validated["images"]]
+    missing = [im["file"] for im in images if not Path(im["file"]).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} accepted images listed in {validated_dir / MANIFEST} are missing "
+            f"(first: '{missing[0]}'); rerun `cyclegan validate`"
+        )
+    shards = _plan(images, pcfg)
+    plan_hash = _plan_hash(shards, pcfg)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST).unlink(missing_ok=True)  # first: from now on this is not a finished output
+    for tmp in out_dir.glob(".*.tmp"):  # temp dirs of a killed run (atomic_path)
+        shutil.rmtree(tmp, ignore_errors=True)
+    done = _finished_shards(out_dir, plan_hash)
     for stale in out_dir.glob("*.tfrecord"):
-        stale.unlink()  # our own outputs from an earlier run with other settings
-    shards, counts = [], {d: dict.fromkeys(SPLITS, 0) for d in DOMAINS}
-    total = sum(len(g) for g in groups.values())
-    with (
-        cf.ProcessPoolExecutor(max_workers=pcfg.workers) as pool,
-        tqdm(total=total, desc="preprocess", disable=not progress) as bar,
-    ):
-        for (domain, split), images in groups.items():
-            n_shards = max(1, -(-len(images) // pcfg.shard_size))
-            for index in range(n_shards):
-                chunk = images[index * pcfg.shard_size : (index + 1) * pcfg.shard_size]
-                jpegs = pool.map(
-                    encode_image,
-                    [im["path"] for im in chunk],
-                    [pcfg.image_size] * len(chunk),
-                    [pcfg.resize] * len(chunk),
-                    [pcfg.jpeg_quality] * len(chunk),
-                    chunksize=8,
-                )
-                records = [
-                    encode_example(Path(im["path"]).name, jpeg, domain)
-                    for im, jpeg in zip(chunk, jpegs, strict=True)
-                ]
-                path = out_dir / shard_name(domain, split, index, n_shards)
-                _write_shard(path, records)
-                bar.update(len(chunk))
-                shards.append(
-                    {"file": path.name, "domain": domain, "split": split,
-                     "count": len(records), "sha256": sha256_file(path)}
+        if stale.name not in done:
+            stale.unlink()  # our own outputs from an earlier run with other settings or data
+    write_json(out_dir / PROGRESS, {"plan": plan_hash, "done": done})
+
+    counts = {d: dict.fromkeys(SPLITS, 0) for d in DOMAINS}
+    entries = []
+    todo = [s for s in shards if s.file not in done]
+    args = (pcfg.image_size, pcfg.resize, pcfg.jpeg_quality)
+    executor = (
+        cf.ProcessPoolExecutor(pcfg.workers, mp_context=multiprocessing.get_context("spawn"))
+        if pcfg.workers > 1 and todo
+        else _Inline()
+    )
+    in_flight: collections.deque = collections.deque()
+    todo_iter = iter(todo)
+    ahead = IN_FLIGHT_PER_WORKER * pcfg.workers
+
+    def fill() -> None:
+        while len(in_flight) < IN_FLIGHT_SHARDS or sum(len(f) for _, f in in_flight) < ahead:
+            shard = next(todo_iter, None)
+            if shard is None:
+                return
+            in_flight.append(
+                (
+                    shard,
+                    [
+                        executor.submit(encode_image, im["file"], *args, im["sha256"])
+                        for im in shard.images
+                    ],
                 )  # fmt: skip
-                counts[domain][split] += len(records)
+            )
+
+    total = sum(len(s.images) for s in todo)
+    saved = time.monotonic()
+    with executor, tqdm(total=total, desc="preprocess", disable=not progress) as bar:
+        fill()
+        while in_flight:
+            shard, futures = in_flight.popleft()
+            records = [
+                encode_example(im["name"], future.result(), shard.domain)
+                for im, future in zip(shard.images, futures, strict=True)
+            ]
+            fill()
+            _write_shard(out_dir / shard.file, records)
+            done[shard.file] = sha256_file(out_dir / shard.file)
+            if time.monotonic() - saved > PROGRESS_EVERY_S:
+                write_json(out_dir / PROGRESS, {"plan": plan_hash, "done": done})
+                saved = time.monotonic()
+            bar.update(len(records))
+    for shard in shards:
+        entries.append(
+            {"file": shard.file, "domain": shard.domain, "split": shard.split,
+             "count": len(shard.images), "sha256": done[shard.file]}
+        )  # fmt: skip
+        counts[shard.domain][shard.split] += len(shard.images)
     write_manifest(
         out_dir,
         "preprocess",
         counts=counts,
-        shards=shards,
+        shards=entries,
         image_size=pcfg.image_size,
         params=dataclasses.asdict(pcfg),
     )
-    return PreprocessResult(out_dir=out_dir, counts=counts)
+    (out_dir / PROGRESS).unlink(missing_ok=True)
+    return PreprocessResult(out_dir=out_dir, counts=counts, reused_shards=len(shards) - len(todo))
 
 
 def shard_files(data_dir: str | Path, domain: str, split: str) -> tuple[list[str], int]:
