@@ -82,6 +82,21 @@ def cmd_register(cfg, args):
     print(f"register: MLflow run {result.run_id} at {result.tracking_uri}")
 
 
+def cmd_promote(cfg, args):
+    from mlflow import MlflowClient
+
+    from cyclegan import tracking
+
+    uri = tracking.check_tracking_server()
+    client = MlflowClient(uri)
+    name = args.model_name or cfg.register.model_name
+    if args.rollback:
+        version, reason = tracking.rollback(client, name)
+    else:
+        version, reason = args.version, tracking.promote(client, name, args.version, args.note)
+    print(f"promote: {name} version {version} is champion ({reason})")
+
+
 def cmd_translate(cfg, args):
     from cyclegan.steps import translate
 
@@ -166,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validated", default="out/validate")
     p.add_argument("--out", default="out/register")
     p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("promote", help="a human registry decision: promote a version or roll back")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--version", type=int, help="make this version the champion")
+    group.add_argument("--rollback", action="store_true", help="restore the previous champion")
+    p.add_argument("--model-name", help="default: register.model_name")
+    p.add_argument("--note", default="", help="why (recorded as a tag)")
+    p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("translate", help="translate photos (any size) with a trained generator")
     p.add_argument("inputs", nargs="+", help="image files or folders")

@@ -84,6 +84,10 @@ class TrainConfig:
     checkpoint_every: int
     log_every: int
     deterministic: bool
+    fuse_calls: bool
+    jit_compile: bool
+    mixed_precision: Literal["none", "bf16", "fp16"]
+    instance_norm: Literal["fused", "moments"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,6 +5,8 @@ Registry conventions are MLflow 3's: aliases (`challenger`, `champion`), not sta
 
 from __future__ import annotations
 
+import getpass
+import json
 import os
 import subprocess
 import urllib.error
@@ -16,6 +18,8 @@ from typing import Any
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CHAMPION, CHALLENGER = "champion", "challenger"
 TAG_FID, TAG_EXTRACTOR, TAG_FINGERPRINT = "fid", "extractor", "cyclegan.fingerprint"
+TAG_HISTORY = "champion_history"  # JSON list of champion versions, oldest first
+TAG_GATE_FLOOR = "gate_floor"  # versions up to this one predate the last human decision
 
 
 class TrackingUnavailable(RuntimeError):
@@ -76,20 +80,27 @@ def dvc_data_hashes(lock_path: str | Path = "dvc.lock") -> dict[str, str]:
     return hashes
 
 
-def log_metric_history(client, run_id: str, rows: Iterable[dict], step_key: str = "step",
-                       batch: int = 1000) -> int:  # fmt: skip
-    """Log every numeric column of `rows` against `step`, in batches (not one call per value)."""
+def log_metric_history(client, run_id: str, rows: Iterable[dict], batch: int = 1000) -> int:
+    """Log the loss history: every column per step (`train.*`) and the per-epoch means
+    (`epoch.*`, step = epoch), in batches of `batch` values, not one HTTP call per value."""
     import time
+    from collections import defaultdict
 
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    metrics = [
-        Metric(key=f"train.{k}", value=float(v), timestamp=now, step=int(row[step_key]))
-        for row in rows
-        for k, v in row.items()
-        if k != step_key
-    ]
+    metrics, sums = [], defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        step, epoch = int(row["step"]), int(row["epoch"])
+        for k, v in row.items():
+            if k in ("step", "epoch"):
+                continue
+            metrics.append(Metric(key=f"train.{k}", value=float(v), timestamp=now, step=step))
+            sums[epoch][k].append(float(v))
+    for epoch, columns in sums.items():
+        for k, values in columns.items():
+            metrics.append(Metric(key=f"epoch.{k}", value=sum(values) / len(values),
+                                  timestamp=now, step=epoch))  # fmt: skip
     for i in range(0, len(metrics), batch):
         client.log_batch(run_id, metrics=metrics[i : i + batch])
     return len(metrics)
@@ -100,10 +111,12 @@ def log_generator(saved_model_dir: str | Path, size_multiple: int, name: str = "
     """Log the generator as a pyfunc ("models from code"); returns the ModelInfo."""
     import mlflow
     import numpy as np
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
 
     example = np.zeros((1, 32, 32, 3), np.uint8)
-    signature = infer_signature(example, example)
+    images = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))])  # any batch, any size
+    signature = ModelSignature(inputs=images, outputs=images)
     tf_req = "tensorflow-cpu" if _installed("tensorflow-cpu") else "tensorflow"
     return mlflow.pyfunc.log_model(
         name=name,
@@ -162,3 +175,115 @@ def current_champion(client, name: str) -> dict | None:
     except MlflowException:
         return None
     return {"version": int(version.version), **version.tags}
+
+
+TRANSIENT_REGISTRY_ERRORS = ("UNIQUE constraint failed", "database is locked", "Deadlock")
+
+
+def _set_alias(client, name: str, alias: str, version: int, attempts: int = 6) -> None:
+    """Set an alias, retrying the registry's insert-or-update race between concurrent writers
+    (seen with MLflow's SQL store: a UNIQUE constraint error when two set the same alias)."""
+    import time
+
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            client.set_registered_model_alias(name, alias, str(version))
+            return
+        except MlflowException as exc:
+            if attempt == attempts - 1 or not any(t in str(exc) for t in TRANSIENT_REGISTRY_ERRORS):
+                raise
+            time.sleep(0.1 * 2**attempt)
+
+
+def _history(client, name: str) -> list[int]:
+    return json.loads(client.get_registered_model(name).tags.get(TAG_HISTORY, "[]"))
+
+
+def _set_champion(client, name: str, version: int, reason: str, decided_by: str) -> None:
+    """Record why on the version, then move the `champion` alias and extend the history.
+
+    The tags come first so a concurrent reconciler that sees the alias also sees the tags.
+    """
+    client.set_model_version_tag(name, str(version), "promoted", "true")
+    client.set_model_version_tag(name, str(version), "champion_reason", reason)
+    client.set_model_version_tag(name, str(version), "decided_by", decided_by)
+    _set_alias(client, name, CHAMPION, version)
+    history = [v for v in _history(client, name) if v != version] + [version]
+    client.set_registered_model_tag(name, TAG_HISTORY, json.dumps(history))
+    if decided_by == "human":  # automatic reconciliation never overrides a human decision
+        latest = max(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+        client.set_registered_model_tag(name, TAG_GATE_FLOOR, str(latest))
+
+
+def gate(client, name: str, version: int, fid: float, extractor: str, margin: float
+         ) -> tuple[bool, str]:  # fmt: skip
+    """The FID gate for a new version: `challenger` always; `champion` if it wins.
+
+    Concurrent registrations end consistent: after moving the alias, every gate winner since
+    the last human decision is reconciled, so the best FID among them holds.
+    """
+    champion = current_champion(client, name)
+    promoted, reason = promotion_decision(fid, extractor, champion, margin)
+    tags = {TAG_FID: fid, TAG_EXTRACTOR: extractor, "promoted": str(promoted).lower(),
+            "reason": reason, "champion_fid": champion[TAG_FID] if champion else "none"}  # fmt: skip
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, str(value))
+    _set_alias(client, name, CHALLENGER, version)
+    if promoted:
+        _set_champion(client, name, version, reason, "fid-gate")
+        reconcile_champion(client, name)
+    return promoted, reason
+
+
+def reconcile_champion(client, name: str) -> int | None:
+    """Among the versions the gate promoted since the last human decision, with the
+    champion's extractor, make the best FID the champion (idempotent; run after every
+    promotion, so the last reconciler sees every winner: their tags precede their alias)."""
+    champion = current_champion(client, name)
+    if champion is None:
+        return None
+    since_version = int(client.get_registered_model(name).tags.get(TAG_GATE_FLOOR, "0"))
+    winners = [
+        v for v in client.search_model_versions(f"name = '{name}'")
+        if int(v.version) > since_version and v.tags.get("promoted") == "true"
+        and v.tags.get("decided_by") == "fid-gate"
+        and v.tags.get(TAG_EXTRACTOR) == champion.get(TAG_EXTRACTOR) and TAG_FID in v.tags
+    ]  # fmt: skip
+    if not winners:
+        return champion["version"]
+    best = min(winners, key=lambda v: (float(v.tags[TAG_FID]), int(v.version)))
+    if int(best.version) != champion["version"] and float(best.tags[TAG_FID]) < float(champion[TAG_FID]):
+        _set_champion(client, name, int(best.version),
+                      f"concurrent registrations reconciled: best FID {best.tags[TAG_FID]}", "fid-gate")  # fmt: skip
+        return int(best.version)
+    return champion["version"]
+
+
+def promote(client, name: str, version: int, note: str = "") -> str:
+    """A human decision: make `version` the champion, recorded like the gate's."""
+    client.get_model_version(name, str(version))  # fails clearly if it does not exist
+    reason = f"promoted by hand by {getpass.getuser()}" + (f": {note}" if note else "")
+    _set_champion(client, name, version, reason, "human")
+    return reason
+
+
+def rollback(client, name: str) -> tuple[int, str]:
+    """Give `champion` back to the previous champion in the model's history."""
+    history = _history(client, name)
+    current = current_champion(client, name)
+    if current is not None and history and history[-1] == current["version"]:
+        history = history[:-1]
+    if not history:
+        raise RuntimeError(f"model '{name}' has no earlier champion to roll back to")
+    previous = history[-1]
+    client.set_model_version_tag(name, str(current["version"]), "promoted", "false")
+    client.set_model_version_tag(name, str(current["version"]), "rolled_back_by", getpass.getuser())
+    _set_alias(client, name, CHAMPION, previous)
+    client.set_registered_model_tag(name, TAG_HISTORY, json.dumps(history))
+    latest = max(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    client.set_registered_model_tag(name, TAG_GATE_FLOOR, str(latest))
+    reason = f"rolled back by hand from v{current['version']} to v{previous}"
+    client.set_model_version_tag(name, str(previous), "champion_reason", reason)
+    return previous, reason

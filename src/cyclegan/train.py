@@ -3,6 +3,18 @@
 The step keeps the structure of the user's code (../shared/seed.txt): one persistent
 GradientTape around G, F, D_X, D_Y; one optimizer for G and F together, one per discriminator.
 Names follow the paper: G: X->Y (photo->Monet), F: Y->X, D_X judges photos, D_Y paintings.
+
+Speed options (params `train.*`, measured in docs/BENCHMARKS.md):
+- `fuse_calls`: G on [photo; monet] (fake + identity) in one call, F likewise, and each D on
+  [real; fake (; pooled fake)] in one call: 4 generator and 2 discriminator calls instead of
+  6 and 4 (6). Instance norm is per image and there is no batch norm, so each image's result
+  is the one of the separate calls (up to float summation order; dropout masks are drawn for
+  the concatenated batch instead, same distribution).
+- `jit_compile`: XLA-compile the step.
+- `mixed_precision`: `bf16` / `fp16` compute with float32 variables, float32 losses and
+  float32 instance-norm statistics; `fp16` adds dynamic loss scaling (for GPUs).
+- `instance_norm`: `fused` (per-image fused batch-norm kernels) or `moments` (tf.nn.moments).
+- Adam's update runs as one fused kernel per variable (ResourceApplyAdam, Keras' formula).
 """
 
 from __future__ import annotations
@@ -16,11 +28,16 @@ import tensorflow as tf
 from cyclegan import losses
 from cyclegan.config import TrainConfig
 from cyclegan.model import build_generator, patchgan_discriminator
+from cyclegan.model.layers import instance_norm_impl
 
 LOSS_NAMES = (
     "G_adv", "F_adv", "G_cycle", "F_cycle", "G_identity", "F_identity",
     "G_total", "F_total", "gen_total", "D_X", "D_Y",
 )  # fmt: skip
+
+
+# train.mixed_precision -> Keras dtype policy (variables stay float32 in all of them)
+PRECISION_POLICIES = {"none": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -66,6 +83,34 @@ class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
             "epochs": self.epochs,
             "epochs_decay": self.epochs_decay,
         }
+
+
+class FusedAdam(keras.optimizers.Adam):
+    """Keras' Adam with each variable's update as one kernel (ResourceApplyAdam) instead of a
+    dozen elementwise ops: the same formula (m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2);
+    var -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)), the same slot variables and
+    checkpoint layout, a third of the memory traffic."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.amsgrad:
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        index = self._get_variable_index(variable)
+        local_step = tf.cast(self.iterations + 1, dtype)
+        beta_1 = tf.cast(self.beta_1, dtype)
+        beta_2 = tf.cast(self.beta_2, dtype)
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle,
+            m=self._momentums[index].handle,
+            v=self._velocities[index].handle,
+            beta1_power=tf.pow(beta_1, local_step),
+            beta2_power=tf.pow(beta_2, local_step),
+            lr=tf.cast(learning_rate, dtype),
+            beta1=beta_1,
+            beta2=beta_2,
+            epsilon=tf.cast(self.epsilon, dtype),
+            grad=tf.cast(gradient, dtype),
+        )
 
 
 class ImagePool(tf.Module):
@@ -127,6 +172,11 @@ class ImagePool(tf.Module):
         return tf.cond(coin < 0.5, swap, lambda: tf.identity(image))
 
 
+def _batch(x: tf.Tensor):
+    """The static batch size when known (keeps shapes static through slicing), else dynamic."""
+    return x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
+
+
 class CycleGAN(tf.Module):
     """Models, optimizers and pools, plus the train step. Build under `strategy.scope()`."""
 
@@ -135,15 +185,17 @@ class CycleGAN(tf.Module):
         super().__init__(name="cyclegan")
         self.cfg = cfg
         self.global_batch = global_batch
-        self.G = build_generator(cfg, image_size, name="G")  # photo -> Monet
-        self.F = build_generator(cfg, image_size, name="F")  # Monet -> photo
-        self.D_X = patchgan_discriminator(cfg.ndf, cfg.n_layers_d, name="D_X")  # photos
-        self.D_Y = patchgan_discriminator(cfg.ndf, cfg.n_layers_d, name="D_Y")  # paintings
+        self.image_size = image_size
+        self.loss_scaling = cfg.mixed_precision == "fp16"
+        self.G, self.F, self.D_X, self.D_Y = self.build_models(cfg.mixed_precision)
 
         self.schedule = LinearDecay(cfg.lr, steps_per_epoch, cfg.epochs, cfg.epochs_decay)
 
         def adam():
-            return keras.optimizers.Adam(self.schedule, beta_1=cfg.beta_1, beta_2=0.999)
+            optimizer = FusedAdam(self.schedule, beta_1=cfg.beta_1, beta_2=0.999)
+            if self.loss_scaling:  # dynamic loss scale; non-finite steps are skipped
+                return keras.optimizers.LossScaleOptimizer(optimizer)
+            return optimizer
 
         self.optimizer_G = adam()  # G and F together, as in the seed
         self.optimizer_D_X = adam()
@@ -153,6 +205,34 @@ class CycleGAN(tf.Module):
         self.optimizer_D_Y.build(self.D_Y.trainable_variables)
         self.pool_X = ImagePool(cfg.pool_size, image_size, cfg.seed + 1, name="pool_X")
         self.pool_Y = ImagePool(cfg.pool_size, image_size, cfg.seed + 2, name="pool_Y")
+        # distributed_step may swap in an XLA-compiled version (jit_compile under a strategy
+        # with several devices: the update, with its cross-device sums, stays outside XLA)
+        self.replica_gradients = self.losses_and_gradients
+
+    def build_models(self, precision: str = "none"):
+        """G, F, D_X, D_Y under the dtype policy of `precision` (restored afterwards)."""
+        cfg = self.cfg
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(PRECISION_POLICIES[precision])
+        try:
+            with instance_norm_impl(cfg.instance_norm):
+                G = build_generator(cfg, self.image_size, name="G")  # photo -> Monet
+                F = build_generator(cfg, self.image_size, name="F")  # Monet -> photo
+                D_X = patchgan_discriminator(cfg.ndf, cfg.n_layers_d, name="D_X")  # photos
+                D_Y = patchgan_discriminator(cfg.ndf, cfg.n_layers_d, name="D_Y")  # paintings
+        finally:
+            keras.config.set_dtype_policy(previous)
+        return G, F, D_X, D_Y
+
+    def export_generators(self) -> tuple[keras.Model, keras.Model]:
+        """G and F for saving: float32 copies when training ran in mixed precision, so the
+        exported models compute in float32 wherever they are loaded."""
+        if self.cfg.mixed_precision == "none":
+            return self.G, self.F
+        G, F, _, _ = self.build_models("none")
+        G.set_weights(self.G.get_weights())
+        F.set_weights(self.F.get_weights())
+        return G, F
 
     @property
     def step(self) -> tf.Variable:
@@ -168,30 +248,64 @@ class CycleGAN(tf.Module):
     def _mean(self, per_example: tf.Tensor) -> tf.Tensor:
         return tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
 
+    def _generate(self, photo, monet):
+        """fake, cycled and identity images of both domains (seed: six generator calls)."""
+        G, F = self.G, self.F
+        if self.cfg.fuse_calls:  # G on [photo; monet] = (fake Monet, identity Monet), F alike
+            n = _batch(photo)
+            both = G(tf.concat([photo, monet], 0), training=True)
+            fake_monet, same_monet = both[:n], both[n:]
+            both = F(tf.concat([monet, photo], 0), training=True)
+            fake_photo, same_photo = both[:n], both[n:]
+        else:
+            fake_monet = G(photo, training=True)
+            fake_photo = F(monet, training=True)
+            same_monet = G(monet, training=True)
+            same_photo = F(photo, training=True)
+        cycled_photo = F(fake_monet, training=True)
+        cycled_monet = G(fake_photo, training=True)
+        return fake_monet, cycled_photo, fake_photo, cycled_monet, same_monet, same_photo
+
+    def _judge(self, D, real, fake, pooled):
+        """D's logits on real, fake (for the generator loss) and the fakes D learns from
+        (`pooled`, None = the same fakes): one call on the concatenation with fuse_calls."""
+        if not self.cfg.fuse_calls:
+            real_logits, fake_logits = D(real, training=True), D(fake, training=True)
+            pooled_logits = fake_logits if pooled is None else D(pooled, training=True)
+            return real_logits, fake_logits, pooled_logits
+        parts = [real, fake] + ([] if pooled is None else [pooled])
+        logits = D(tf.concat([tf.cast(p, D.compute_dtype) for p in parts], 0), training=True)
+        n = _batch(real)
+        real_logits, fake_logits = logits[:n], logits[n : 2 * n]
+        return real_logits, fake_logits, fake_logits if pooled is None else logits[2 * n :]
+
     def train_step(self, photo: tf.Tensor, monet: tf.Tensor) -> dict[str, tf.Tensor]:
         """One replica's step: the seed's structure, losses averaged over the global batch."""
+        values, (gradients_G, gradients_D_X, gradients_D_Y) = self.replica_gradients(photo, monet)
+        # (a LossScaleOptimizer unscales, and skips the update when a gradient is not finite)
+        gen_vars = self.G.trainable_variables + self.F.trainable_variables
+        self.optimizer_G.apply_gradients(zip(gradients_G, gen_vars))
+        self.optimizer_D_X.apply_gradients(zip(gradients_D_X, self.D_X.trainable_variables))
+        self.optimizer_D_Y.apply_gradients(zip(gradients_D_Y, self.D_Y.trainable_variables))
+        return values
+
+    def losses_and_gradients(self, photo: tf.Tensor, monet: tf.Tensor):
+        """The seed's tape: all losses, and the gradients for G+F, D_X, D_Y."""
         cfg = self.cfg
         G, F, D_X, D_Y = self.G, self.F, self.D_X, self.D_Y
         gan, mean = cfg.gan_mode, self._mean
         lambda_id = cfg.lambda_cycle * cfg.lambda_identity
         step = tf.cast(self.step, tf.int64)
         with tf.GradientTape(persistent=True) as tape:
-            fake_monet = G(photo, training=True)
-            cycled_photo = F(fake_monet, training=True)
-            fake_photo = F(monet, training=True)
-            cycled_monet = G(fake_photo, training=True)
-            same_monet = G(monet, training=True)
-            same_photo = F(photo, training=True)
-
-            D_Y_real = D_Y(monet, training=True)
-            D_Y_fake = D_Y(fake_monet, training=True)
-            D_X_real = D_X(photo, training=True)
-            D_X_fake = D_X(fake_photo, training=True)
+            fake_monet, cycled_photo, fake_photo, cycled_monet, same_monet, same_photo = (
+                self._generate(photo, monet)
+            )
+            pooled_monet = pooled_photo = None
             if cfg.pool_size:  # the discriminators learn from a history of fakes
-                D_Y_fake_for_D = D_Y(self.pool_Y.query(tf.stop_gradient(fake_monet), step), training=True)  # fmt: skip
-                D_X_fake_for_D = D_X(self.pool_X.query(tf.stop_gradient(fake_photo), step), training=True)  # fmt: skip
-            else:
-                D_Y_fake_for_D, D_X_fake_for_D = D_Y_fake, D_X_fake
+                pooled_monet = self.pool_Y.query(tf.stop_gradient(fake_monet), step)
+                pooled_photo = self.pool_X.query(tf.stop_gradient(fake_photo), step)
+            D_Y_real, D_Y_fake, D_Y_fake_for_D = self._judge(D_Y, monet, fake_monet, pooled_monet)
+            D_X_real, D_X_fake, D_X_fake_for_D = self._judge(D_X, photo, fake_photo, pooled_photo)
 
             G_adv = mean(losses.adversarial(D_Y_fake, True, gan))
             F_adv = mean(losses.adversarial(D_X_fake, True, gan))
@@ -207,27 +321,40 @@ class CycleGAN(tf.Module):
                         + mean(losses.adversarial(D_Y_fake_for_D, False, gan))) * 0.5  # fmt: skip
             D_X_loss = (mean(losses.adversarial(D_X_real, True, gan))
                         + mean(losses.adversarial(D_X_fake_for_D, False, gan))) * 0.5  # fmt: skip
+            if self.loss_scaling:
+                targets = (self.optimizer_G.scale_loss(gen_total),
+                           self.optimizer_D_X.scale_loss(D_X_loss),
+                           self.optimizer_D_Y.scale_loss(D_Y_loss))  # fmt: skip
+            else:
+                targets = (gen_total, D_X_loss, D_Y_loss)
 
-        gen_vars = G.trainable_variables + F.trainable_variables
-        gradients_G = tape.gradient(gen_total, gen_vars)
-        gradients_D_X = tape.gradient(D_X_loss, D_X.trainable_variables)
-        gradients_D_Y = tape.gradient(D_Y_loss, D_Y.trainable_variables)
+        gradients_G = tape.gradient(targets[0], G.trainable_variables + F.trainable_variables)
+        gradients_D_X = tape.gradient(targets[1], D_X.trainable_variables)
+        gradients_D_Y = tape.gradient(targets[2], D_Y.trainable_variables)
         del tape
-        self.optimizer_G.apply_gradients(zip(gradients_G, gen_vars))
-        self.optimizer_D_X.apply_gradients(zip(gradients_D_X, D_X.trainable_variables))
-        self.optimizer_D_Y.apply_gradients(zip(gradients_D_Y, D_Y.trainable_variables))
-        return dict(
+        values = dict(
             G_adv=G_adv, F_adv=F_adv, G_cycle=G_cycle, F_cycle=F_cycle,
             G_identity=G_identity, F_identity=F_identity, G_total=G_total,
             F_total=F_total, gen_total=gen_total, D_X=D_X_loss, D_Y=D_Y_loss,
         )  # fmt: skip
+        return values, (gradients_G, gradients_D_X, gradients_D_Y)
 
 
 def distributed_step(strategy: tf.distribute.Strategy, gan: CycleGAN):
     """A compiled function running `gan.train_step` on every replica and summing the
-    (already globally averaged) losses."""
+    (already globally averaged) losses.
 
-    @tf.function
+    train.jit_compile: with one device the whole step is XLA-compiled (Adam's updates fuse with
+    the rest); with several, each replica's losses and gradients are (XLA cannot place a step
+    touching variables on several devices), and the all-reduce + update run as usual.
+    """
+    whole = gan.cfg.jit_compile and strategy.num_replicas_in_sync == 1 and not isinstance(
+        strategy, tf.distribute.MultiWorkerMirroredStrategy
+    )
+    if gan.cfg.jit_compile and not whole:
+        gan.replica_gradients = tf.function(gan.losses_and_gradients, jit_compile=True)
+
+    @tf.function(jit_compile=whole)
     def step(photo, monet):
         per_replica = strategy.run(gan.train_step, args=(photo, monet))
         return {

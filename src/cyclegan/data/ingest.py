@@ -256,20 +256,14 @@ def _walk(root: Path) -> Iterator[Path]:
 
 
 def folder_items(root: Path, domain: str, staging: Staging) -> Iterator[Item]:
-    for kind in ("jpg", "tfrec"):
-        sub = root / f"{domain}_{kind}"
-        if sub.is_dir():
-            root = sub
-            break
-    for path in _walk(root):
-        kind = _kind_of_name(path.name)
-        if kind == "image":
+    """Images (read in place) and TFRecords (staged) under a folder, Kaggle layout aware."""
+    entries = {p.relative_to(root).as_posix(): p for p in _walk(root) if _kind_of_name(p.name)}
+    for rel in _select(sorted(entries), domain, f"folder '{root}'"):
+        path = entries[rel]
+        if _kind_of_name(path.name) == "tfrecord" and path.is_file():
+            yield from tfrecord_items(path, str(path), domain, staging)
+        else:  # an image, or something unreadable with an image/TFRecord name (reported)
             yield Item(domain, str(path), path.name, path=path)
-        elif kind == "tfrecord":
-            if path.is_file():
-                yield from tfrecord_items(path, str(path), domain, staging)
-            else:
-                yield Item(domain, str(path), path.name, path=path)  # reported as unreadable
 
 
 # --- zips ---------------------------------------------------------------------------------
@@ -399,7 +393,7 @@ def s3_items(uri: str, domain: str, staging: Staging, opts: S3Options,
 
 
 def describe(spec: str | os.PathLike) -> str:
-    """What kind of source a `data.*_dir` value is: 's3', 'zip' or 'folder'."""
+    """What kind of source a `data.*_dir` value is: 's3', 'zip', 'folder' or 'tfrecord'."""
     spec = str(spec)
     if is_s3_uri(spec):
         return "s3"
@@ -408,12 +402,16 @@ def describe(spec: str | os.PathLike) -> str:
         return "zip"
     if path.is_dir():
         return "folder"
+    if path.is_file() and path.suffix.lower() in TFRECORD_EXTENSIONS:
+        return "tfrecord"
     if not path.exists():
         raise IngestError(
             f"data source '{spec}' does not exist (check data.photo_dir / data.monet_dir: a "
             f"folder, a .zip, or s3://bucket/prefix)"
         )
-    raise IngestError(f"data source '{spec}' is not a folder, a .zip file or an s3:// URI")
+    raise IngestError(
+        f"data source '{spec}' is not a folder, a .zip or .tfrec file, or an s3:// URI"
+    )
 
 
 def ingest(sources: dict[str, str | os.PathLike], staging_dir: Path, *,
@@ -434,6 +432,8 @@ def ingest(sources: dict[str, str | os.PathLike], staging_dir: Path, *,
                                                  refused_seen, progress)  # fmt: skip
             elif kind == "zip":
                 found = zip_items(Path(spec), domain, staging, refused_seen=refused_seen)
+            elif kind == "tfrecord":
+                found = tfrecord_items(Path(spec), str(spec), domain, staging)
             else:
                 found = folder_items(Path(spec), domain, staging)
             items.extend(found)

@@ -3,13 +3,15 @@
 - Split: train/test by a stable hash of each image's content, so adding images never moves old
   ones between splits; within a shard, images are ordered by content hash.
 - Parallel: worker processes (`preprocess.workers`, spawned, PIL only) decode (EXIF orientation
-  applied), resize and JPEG-encode; the parent writes shards. At most two shards are in flight,
-  so memory stays bounded whatever the dataset size.
+  applied), resize and JPEG-encode; the parent writes shards. Only a bounded window is encoded
+  ahead (two shards, or 8 images per worker if more), so memory stays bounded whatever the
+  dataset size.
 - Atomic and restartable: the old manifest is removed first (a half-written output directory is
   never mistaken for a finished one); each shard is written under a hidden temp name, fsynced
-  and renamed; `.progress.json` records finished shards of the current plan, so a rerun after a
-  kill keeps them (after checking their sha256) and writes the rest. Shards are byte-identical
-  to those of an uninterrupted run.
+  and renamed; `.progress.json` records finished shards of the current plan (inputs + params),
+  so a rerun after a kill keeps them (after checking their sha256) and writes the rest; any
+  other shard is deleted. Shards are byte-identical to those of an uninterrupted run (records
+  serialized deterministically, fixed order, same encoder).
 - Consistent: each image's sha256 is checked against the validate manifest while encoding.
 """
 
@@ -43,7 +45,8 @@ from cyclegan.storage import (
 
 SPLITS = ("train", "test")
 PROGRESS = ".progress.json"
-PROGRESS_EVERY_S = 1.0  # a kill loses at most this much finished work
+PROGRESS_EVERY_S = 1.0  # `.progress.json` is saved after this many seconds or shards, so a
+PROGRESS_EVERY_SHARDS = 8  # kill loses little finished work (and tiny shards stay cheap)
 IN_FLIGHT_SHARDS = 2  # bounded memory: at most this many shards (or IN_FLIGHT_PER_WORKER
 IN_FLIGHT_PER_WORKER = 8  # images per worker, if more) are encoded ahead of the writer
 
@@ -232,7 +235,7 @@ def run(cfg: Config, validated_dir: str | Path, out_dir: str | Path,
             )
 
     total = sum(len(s.images) for s in todo)
-    saved = time.monotonic()
+    saved, unsaved = time.monotonic(), 0
     with executor, tqdm(total=total, desc="preprocess", disable=not progress) as bar:
         fill()
         while in_flight:
@@ -244,9 +247,10 @@ def run(cfg: Config, validated_dir: str | Path, out_dir: str | Path,
             fill()
             _write_shard(out_dir / shard.file, records)
             done[shard.file] = sha256_file(out_dir / shard.file)
-            if time.monotonic() - saved > PROGRESS_EVERY_S:
+            unsaved += 1
+            if unsaved >= PROGRESS_EVERY_SHARDS or time.monotonic() - saved > PROGRESS_EVERY_S:
                 write_json(out_dir / PROGRESS, {"plan": plan_hash, "done": done})
-                saved = time.monotonic()
+                saved, unsaved = time.monotonic(), 0
             bar.update(len(records))
     for shard in shards:
         entries.append(

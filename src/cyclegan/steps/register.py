@@ -85,23 +85,15 @@ def run(cfg: Config, train_dir: str | Path, eval_dir: str | Path, out_dir: str |
         )  # fmt: skip
     version = int(model_info.registered_model_version)
 
+    client.set_model_version_tag(rcfg.model_name, str(version), tracking.TAG_FINGERPRINT, fingerprint)
+    promoted, reason = tracking.gate(client, rcfg.model_name, version, metrics["fid"],
+                                     metrics["extractor"], rcfg.promote_margin)  # fmt: skip
     champion = tracking.current_champion(client, rcfg.model_name)
-    promoted, reason = tracking.promotion_decision(
-        metrics["fid"], metrics["extractor"], champion, rcfg.promote_margin
-    )
-    for key, value in {tracking.TAG_FID: metrics["fid"], tracking.TAG_EXTRACTOR: metrics["extractor"],
-                       tracking.TAG_FINGERPRINT: fingerprint, "promoted": str(promoted).lower(),
-                       "reason": reason, "champion_fid": champion[tracking.TAG_FID] if champion else "none",
-                       }.items():  # fmt: skip
-        client.set_model_version_tag(rcfg.model_name, str(version), key, str(value))
-    client.set_registered_model_alias(rcfg.model_name, tracking.CHALLENGER, str(version))
-    if promoted:
-        client.set_registered_model_alias(rcfg.model_name, tracking.CHAMPION, str(version))
     client.set_tag(run_id, "registry.decision", reason)
 
     info = {"model_name": rcfg.model_name, "version": version, "run_id": run_id,
             "promoted": promoted, "reason": reason, "tracking_uri": uri, "fid": metrics["fid"],
-            "champion_fid": champion[tracking.TAG_FID] if champion else None,
+            "champion_version": champion["version"] if champion else None,
             "model_uri": f"models:/{rcfg.model_name}/{version}"}  # fmt: skip
     write_json(Path(out_dir) / REGISTRATION_JSON, info)
     return RegisterResult(rcfg.model_name, version, run_id, promoted, reason, uri, info)

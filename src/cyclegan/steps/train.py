@@ -91,7 +91,10 @@ def run(cfg: Config, data_dir: str | Path, out_dir: str | Path, progress: bool =
     from cyclegan.steps.preprocess import shard_files
     from cyclegan.train import LOSS_NAMES, CycleGAN, distributed_step, make_strategy
 
+    from cyclegan.tracking import check_tracking_server
+
     tcfg = cfg.train
+    check_tracking_server()  # a down MLflow server fails now, not after hours of training
     data_manifest = read_manifest(data_dir, "preprocess")
     image_size = int(data_manifest["image_size"])
     if tcfg.load_size < image_size:
