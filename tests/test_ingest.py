@@ -86,9 +86,11 @@ def test_kaggle_tfrecords_in_their_exact_layout_become_staged_images(tmp_path):
     assert sorted(p.name for p in root.rglob("*")) == sorted(
         ["monet_tfrec", "photo_tfrec", "monet00-4.tfrec", "photo00-3.tfrec"]
     )
-    # a folder of .tfrec files given directly works too
+    # a folder of .tfrec files, or one .tfrec file, given directly works too
     direct = ingest({"monet": root / "monet_tfrec"}, tmp_path / "s2")
     assert staged_bytes(direct) == monet
+    one = ingest({"photo": root / "photo_tfrec" / "photo00-3.tfrec"}, tmp_path / "s3")
+    assert staged_bytes(one) == photo
 
 
 def test_truncated_tfrecord_is_reported_not_fatal(tmp_path):
@@ -122,8 +124,12 @@ def test_missing_or_wrong_source_is_a_clear_error(tmp_path):
     with pytest.raises(IngestError, match=r"'.*nowhere' does not exist .*data.photo_dir"):
         ingest({"photo": tmp_path / "nowhere"}, tmp_path / "staging")
     (tmp_path / "file.txt").write_text("x")
-    with pytest.raises(IngestError, match="not a folder, a .zip file or an s3:// URI"):
+    with pytest.raises(IngestError, match=r"not a folder, a .zip or .tfrec file, or an s3://"):
         ingest({"photo": tmp_path / "file.txt"}, tmp_path / "staging")
+    (tmp_path / "monet_jpg").mkdir()
+    (tmp_path / "monet_jpg" / "m.jpg").write_bytes(jpeg_bytes(1))
+    with pytest.raises(IngestError, match="has monet_jpg/ but no photo_jpg/ or photo_tfrec/"):
+        ingest({"photo": tmp_path}, tmp_path / "staging")  # never mix the other domain in
 
 
 # --- zips -----------------------------------------------------------------------------------
@@ -410,3 +416,34 @@ def test_s3_rerun_reuses_unchanged_objects_and_s3_zip(bucket, flaky, tmp_path):
     assert staged_bytes(second) == {"a.jpg": jpeg_bytes(1), "b.jpg": jpeg_bytes(5)}
     gets = [k for k in proxy.forwarded if k.startswith("GET /datasets/p/")]
     assert len(gets) == 3 and gets[-1].startswith("GET /datasets/p/b.jpg")  # a.jpg reused
+
+
+def test_validate_and_preprocess_read_s3_and_kaggle_tfrecords(bucket, flaky, tmp_path, tiny_config):
+    """The steps end to end on non-local sources: everything is staged under the validate
+    output, preprocess reads only that, and a rerun does not download unchanged objects."""
+    from cyclegan.steps import preprocess, validate
+    from cyclegan.storage import read_manifest
+
+    put_images(bucket, "photos/", {f"p{i}.jpg": jpeg_bytes(i) for i in range(6)})
+    monet = {f"m{i}": jpeg_bytes(50 + i) for i in range(5)}
+    write_kaggle_tfrec(tmp_path / "kaggle" / "monet_tfrec" / "monet00-5.tfrec", monet, "monet")
+    proxy = flaky(lambda key, n: "503" if n == 1 and "list-type" in key else None)
+    cfg = tiny_config()
+    out = tmp_path / "validate"
+
+    result = validate.run(cfg, f"s3://{BUCKET}/photos", tmp_path / "kaggle", out, progress=False)
+    assert result.passed, result.message()
+    assert proxy.failed  # the listing was retried
+    images = read_manifest(out, "validate")["images"]
+    assert len(images) == 11 and all(im["staged"] for im in images)
+    assert all((out / im["path"]).is_file() and im["path"].startswith("staging/") for im in images)
+    assert {im["source"] for im in images if im["domain"] == "photo"} == {
+        f"s3://{BUCKET}/photos/p{i}.jpg" for i in range(6)
+    }
+    data = preprocess.run(cfg, out, tmp_path / "data", progress=False)
+    assert sum(sum(c.values()) for c in data.counts.values()) == 11
+
+    gets = sum(k.startswith("GET /datasets/photos/") for k in proxy.forwarded)
+    validate.run(cfg, f"s3://{BUCKET}/photos", tmp_path / "kaggle", out, progress=False)
+    assert sum(k.startswith("GET /datasets/photos/") for k in proxy.forwarded) == gets
+    assert len(read_manifest(out, "validate")["images"]) == 11

@@ -42,13 +42,15 @@ def shard_hashes(folder: Path) -> dict[str, str]:
 
 
 def splits_by_name(folder: Path) -> dict[str, str]:
-    from cyclegan.data.tfrecord import read_examples
+    import tensorflow as tf
+
+    from cyclegan.data.tfrecord import parse_example
 
     out = {}
-    for shard in folder.glob("*.tfrecord"):
-        split = shard.name.split("-")[1]
-        for ex in read_examples(shard):
-            out[ex["image_name"].decode()] = split
+    for split in ("train", "test"):
+        files = sorted(str(p) for p in folder.glob(f"*-{split}-*.tfrecord"))
+        for record in tf.data.TFRecordDataset(files).map(parse_example).as_numpy_iterator():
+            out[record["image_name"].decode()] = split
     return out
 
 
@@ -62,7 +64,10 @@ def dataset(tmp_path_factory):
     cfg = load_config(params)
     result = validate.run(cfg, root / "photos", root / "monets", root / "validate", progress=False)
     assert result.passed, result.message()
-    preprocess.run(cfg, root / "validate", root / "reference", progress=False)
+    # the reference encodes in-process (workers 1); the killed run below uses 2 worker
+    # processes: the bytes must not depend on the parallelism either
+    serial = load_config(params, ["preprocess.workers=1"])
+    preprocess.run(serial, root / "validate", root / "reference", progress=False)
     return root, cfg, params
 
 
@@ -80,8 +85,8 @@ def test_killed_run_leaves_no_partial_shard_and_rerun_is_byte_identical(dataset)
     )  # fmt: skip
     deadline = time.monotonic() + 120
     try:
-        # kill once ~40% of the shards are out (past the first `.progress.json` save, so the
-        # rerun has finished shards to keep), and never at a chosen point of a write
+        # kill once ~40% of the shards are out (past several `.progress.json` saves, so the
+        # rerun has finished shards to keep), at no chosen point of a write
         while not (out.is_dir() and len(list(out.glob("*.tfrecord"))) >= 0.4 * len(reference)):
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "the shards did not appear within 120 s"
@@ -104,13 +109,17 @@ def test_killed_run_leaves_no_partial_shard_and_rerun_is_byte_identical(dataset)
     assert 0 < result.reused_shards <= len(visible)  # finished shards kept, after a hash check
     assert shard_hashes(out) == reference
     ref_manifest = json.loads((root / "reference" / "manifest.json").read_text())
-    assert json.loads((out / "manifest.json").read_text()) == ref_manifest
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["shards"], manifest["counts"]) == (
+        ref_manifest["shards"],
+        ref_manifest["counts"],
+    )
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no temp left
 
 
 def test_split_is_stable_when_images_are_added(dataset, tmp_path):
     root, _, params = dataset
-    cfg = load_config(params, ["preprocess.shard_size=32"])  # the split ignores shard sizes
+    cfg = load_config(params, ["preprocess.shard_size=32", "preprocess.workers=1"])
     before = splits_by_name(root / "reference")
     write_images(tmp_path / "photos", range(150))
     write_images(tmp_path / "photos", range(5000, 5040))  # 40 new photos
@@ -125,8 +134,10 @@ def test_split_is_stable_when_images_are_added(dataset, tmp_path):
 
 
 def test_input_changed_after_validation_is_a_clear_error(dataset, tmp_path):
-    root, cfg, _ = dataset
+    root, _, params = dataset
     import shutil
+
+    cfg = load_config(params, ["preprocess.workers=1"])
 
     shutil.copytree(root / "photos", tmp_path / "photos")
     validate.run(cfg, tmp_path / "photos", root / "monets", tmp_path / "validate", progress=False)
