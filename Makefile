@@ -17,8 +17,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed infra/scripts/requirements-checkov.txt
 	$(BIN)/pip install -q -e '.[dev]'
+	bash infra/scripts/install-checkov.sh >/dev/null  # own venv: its pins clash with ours
 	touch $@
 
 install: $(VENV)/.installed

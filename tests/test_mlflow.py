@@ -244,7 +244,8 @@ def test_concurrent_registrations_end_with_the_best_champion(use_server):
             _, err = p.communicate(timeout=120)
             assert p.returncode == 0, err
         champion = client.get_model_version_by_alias(name, "champion")
-        assert float(champion.tags["fid"]) == 3.0
+        versions = {v.version: v.tags for v in client.search_model_versions(f"name = '{name}'")}
+        assert float(champion.tags["fid"]) == 3.0, (champion.version, versions)
 
 
 def test_unreachable_server_fails_fast_before_heavy_work(monkeypatch, tiny_config, pipeline_outputs, tmp_path):

@@ -180,21 +180,33 @@ def current_champion(client, name: str) -> dict | None:
 TRANSIENT_REGISTRY_ERRORS = ("UNIQUE constraint failed", "database is locked", "Deadlock")
 
 
-def _set_alias(client, name: str, alias: str, version: int, attempts: int = 6) -> None:
-    """Set an alias, retrying the registry's insert-or-update race between concurrent writers
-    (seen with MLflow's SQL store: a UNIQUE constraint error when two set the same alias)."""
+def _retry(fn, *args, attempts: int = 6):
+    """Call a registry write, retrying races between concurrent writers that MLflow's SQL
+    store reports as errors (a UNIQUE constraint when two set the same alias or tag at once,
+    a locked sqlite database)."""
     import time
 
     from mlflow.exceptions import MlflowException
 
     for attempt in range(attempts):
         try:
-            client.set_registered_model_alias(name, alias, str(version))
-            return
+            return fn(*args)
         except MlflowException as exc:
             if attempt == attempts - 1 or not any(t in str(exc) for t in TRANSIENT_REGISTRY_ERRORS):
                 raise
             time.sleep(0.1 * 2**attempt)
+
+
+def _set_alias(client, name: str, alias: str, version: int) -> None:
+    _retry(client.set_registered_model_alias, name, alias, str(version))
+
+
+def _tag_version(client, name: str, version: int, key: str, value) -> None:
+    _retry(client.set_model_version_tag, name, str(version), key, str(value))
+
+
+def _tag_model(client, name: str, key: str, value) -> None:
+    _retry(client.set_registered_model_tag, name, key, str(value))
 
 
 def _history(client, name: str) -> list[int]:
@@ -206,15 +218,15 @@ def _set_champion(client, name: str, version: int, reason: str, decided_by: str)
 
     The tags come first so a concurrent reconciler that sees the alias also sees the tags.
     """
-    client.set_model_version_tag(name, str(version), "promoted", "true")
-    client.set_model_version_tag(name, str(version), "champion_reason", reason)
-    client.set_model_version_tag(name, str(version), "decided_by", decided_by)
+    _tag_version(client, name, version, "promoted", "true")
+    _tag_version(client, name, version, "champion_reason", reason)
+    _tag_version(client, name, version, "decided_by", decided_by)
     _set_alias(client, name, CHAMPION, version)
     history = [v for v in _history(client, name) if v != version] + [version]
-    client.set_registered_model_tag(name, TAG_HISTORY, json.dumps(history))
+    _tag_model(client, name, TAG_HISTORY, json.dumps(history))
     if decided_by == "human":  # automatic reconciliation never overrides a human decision
         latest = max(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
-        client.set_registered_model_tag(name, TAG_GATE_FLOOR, str(latest))
+        _tag_model(client, name, TAG_GATE_FLOOR, str(latest))
 
 
 def gate(client, name: str, version: int, fid: float, extractor: str, margin: float
@@ -229,7 +241,7 @@ def gate(client, name: str, version: int, fid: float, extractor: str, margin: fl
     tags = {TAG_FID: fid, TAG_EXTRACTOR: extractor, "promoted": str(promoted).lower(),
             "reason": reason, "champion_fid": champion[TAG_FID] if champion else "none"}  # fmt: skip
     for key, value in tags.items():
-        client.set_model_version_tag(name, str(version), key, str(value))
+        _tag_version(client, name, version, key, str(value))
     _set_alias(client, name, CHALLENGER, version)
     if promoted:
         _set_champion(client, name, version, reason, "fid-gate")
@@ -278,12 +290,12 @@ def rollback(client, name: str) -> tuple[int, str]:
     if not history:
         raise RuntimeError(f"model '{name}' has no earlier champion to roll back to")
     previous = history[-1]
-    client.set_model_version_tag(name, str(current["version"]), "promoted", "false")
-    client.set_model_version_tag(name, str(current["version"]), "rolled_back_by", getpass.getuser())
+    _tag_version(client, name, current["version"], "promoted", "false")
+    _tag_version(client, name, current["version"], "rolled_back_by", getpass.getuser())
     _set_alias(client, name, CHAMPION, previous)
-    client.set_registered_model_tag(name, TAG_HISTORY, json.dumps(history))
+    _tag_model(client, name, TAG_HISTORY, json.dumps(history))
     latest = max(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
-    client.set_registered_model_tag(name, TAG_GATE_FLOOR, str(latest))
+    _tag_model(client, name, TAG_GATE_FLOOR, str(latest))
     reason = f"rolled back by hand from v{current['version']} to v{previous}"
-    client.set_model_version_tag(name, str(previous), "champion_reason", reason)
+    _tag_version(client, name, previous, "champion_reason", reason)
     return previous, reason
