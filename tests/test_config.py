@@ -20,7 +20,13 @@ def test_paper_params_file_is_valid_and_paper_scale():
     cfg = load_config(REPO / "params" / "paper.yaml")
     t = cfg.train
     assert (cfg.preprocess.image_size, t.ngf, t.ndf, t.n_blocks) == (256, 64, 64, 9)
-    assert (t.epochs, t.epochs_decay, t.load_size, t.gan_mode, t.batch_size) == (100, 100, 286, "lsgan", 1)
+    assert (t.epochs, t.epochs_decay, t.load_size, t.gan_mode, t.batch_size) == (
+        100,
+        100,
+        286,
+        "lsgan",
+        1,
+    )
 
 
 def test_override_changes_one_value_with_yaml_typing():
@@ -37,13 +43,18 @@ def test_override_changes_one_value_with_yaml_typing():
         ("train.ngf=4.5", "'train.ngf' must be int"),
         ("train.flip=3", "'train.flip' must be bool"),
         ("train.gan_mode=wgan", "'train.gan_mode' must be one of 'bce', 'lsgan'"),
-        ("preprocess.image_size=30", "'preprocess.image_size' = 30 must be >= 16 and a multiple of 4"),
+        (
+            "preprocess.image_size=30",
+            "'preprocess.image_size' = 30 must be >= 16 and a multiple of 4",
+        ),
         ("validate.formats=JPEG", "'validate.formats' must be list"),
         ("train.epochs", "must look like section.key=value"),
     ],
 )
 def test_bad_override_is_a_clear_error(override, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("'", "'")):
+    with pytest.raises(
+        ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("'", "'")
+    ):
         load_config(REPO / "params.yaml", [override])
 
 

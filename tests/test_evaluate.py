@@ -24,7 +24,9 @@ def test_evaluate_writes_metrics_and_grid(pipeline_outputs):
 def test_too_few_images_warns_with_the_count(tiny_config, pipeline_outputs, tmp_path):
     cfg = tiny_config()
     with pytest.warns(UserWarning, match=r"FID from \d+ generated and \d+ real images with \d+-d"):
-        result = evaluate.run(cfg, pipeline_outputs["data"], pipeline_outputs["train"], tmp_path / "ev")
+        result = evaluate.run(
+            cfg, pipeline_outputs["data"], pipeline_outputs["train"], tmp_path / "ev"
+        )
     assert result.metrics["notes"]
 
 

@@ -75,7 +75,7 @@ def mlflow_server(s3, tmp_path_factory):
         [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
          "--artifacts-destination", f"s3://{BUCKET}/artifacts", "--serve-artifacts",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=root, env=env, stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT,
+        cwd=root, env=env, stdout=(root / "server.log").open("w"), stderr=subprocess.STDOUT,  # noqa: SIM115
     )  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
     try:
@@ -92,14 +92,18 @@ def use_server(mlflow_server, monkeypatch):
     return mlflow_server
 
 
-def test_register_step_logs_everything_to_the_server(use_server, s3, tiny_config, pipeline_outputs, tmp_path):
+def test_register_step_logs_everything_to_the_server(
+    use_server, s3, tiny_config, pipeline_outputs, tmp_path
+):
     from mlflow import MlflowClient
 
     from cyclegan.steps import register
 
     cfg = tiny_config(register__model_name="monet-e2e")
     o = pipeline_outputs
-    result = register.run(cfg, o["train"], o["evaluate"], tmp_path / "reg", validate_dir=o["validate"])
+    result = register.run(
+        cfg, o["train"], o["evaluate"], tmp_path / "reg", validate_dir=o["validate"]
+    )
     client = MlflowClient(use_server)
     run = client.get_run(result.run_id)
     assert run.data.params["train.ngf"] == "4" and run.data.params["preprocess.image_size"] == "32"
@@ -113,7 +117,9 @@ def test_register_step_logs_everything_to_the_server(use_server, s3, tiny_config
     assert run.data.metrics["fid"] == pytest.approx(fid)
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "evaluate")}
     assert {"evaluate/grid.png", "evaluate/metrics.json"} <= artifacts
-    assert "validate/summary.json" in {a.path for a in client.list_artifacts(result.run_id, "validate")}
+    assert "validate/summary.json" in {
+        a.path for a in client.list_artifacts(result.run_id, "validate")
+    }
     version = client.get_model_version_by_alias("monet-e2e", "champion")
     assert int(version.version) == result.version == 1 and version.run_id == result.run_id
     # The artifacts really are in the S3 bucket behind the server.
@@ -121,12 +127,16 @@ def test_register_step_logs_everything_to_the_server(use_server, s3, tiny_config
     assert any(k.endswith("evaluate/grid.png") for k in keys)
     assert any("G_savedmodel" in k or "generator" in k for k in keys)
 
-    again = register.run(cfg, o["train"], o["evaluate"], tmp_path / "reg2", validate_dir=o["validate"])
+    again = register.run(
+        cfg, o["train"], o["evaluate"], tmp_path / "reg2", validate_dir=o["validate"]
+    )
     assert again.version == result.version  # idempotent: no duplicate version
     assert len(client.search_model_versions("name = 'monet-e2e'")) == 1
 
 
-def test_registered_pyfunc_translates_odd_sizes_in_a_fresh_process(use_server, tiny_config, pipeline_outputs, tmp_path):
+def test_registered_pyfunc_translates_odd_sizes_in_a_fresh_process(
+    use_server, tiny_config, pipeline_outputs, tmp_path
+):
     from cyclegan.steps import register
 
     cfg = tiny_config(register__model_name="monet-serve")
@@ -140,11 +150,18 @@ def test_registered_pyfunc_translates_odd_sizes_in_a_fresh_process(use_server, t
         print(json.dumps({"shape": list(out.shape), "dtype": str(out.dtype)}))
     """)
     # `mlflow models serve` execs uvicorn from PATH, as in an activated virtualenv.
-    env = {**os.environ, "MLFLOW_TRACKING_URI": use_server, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": use_server,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    }
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env=env, timeout=300, cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"shape": [1, 37, 51, 3], "dtype": "uint8"}
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
+        "shape": [1, 37, 51, 3],
+        "dtype": "uint8",
+    }
 
     port = free_port()
     serve = subprocess.Popen(
@@ -171,12 +188,12 @@ def test_registered_pyfunc_translates_odd_sizes_in_a_fresh_process(use_server, t
 
 def _new_version(client, name: str, fid: float, extractor: str = "inception_v3:imagenet") -> int:
     """A model version without weights: enough for the registry's gate."""
+    import contextlib
+
     from mlflow.exceptions import MlflowException
 
-    try:
+    with contextlib.suppress(MlflowException):  # exists already
         client.create_registered_model(name)
-    except MlflowException:
-        pass
     run = client.create_run(client.get_experiment_by_name("Default").experiment_id)
     version = client.create_model_version(name, f"{run.info.artifact_uri}/model", run.info.run_id)
     return int(version.version)
@@ -248,7 +265,9 @@ def test_concurrent_registrations_end_with_the_best_champion(use_server):
         assert float(champion.tags["fid"]) == 3.0, (champion.version, versions)
 
 
-def test_unreachable_server_fails_fast_before_heavy_work(monkeypatch, tiny_config, pipeline_outputs, tmp_path):
+def test_unreachable_server_fails_fast_before_heavy_work(
+    monkeypatch, tiny_config, pipeline_outputs, tmp_path
+):
     from cyclegan.steps import train
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")

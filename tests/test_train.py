@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from cyclegan import losses
 from cyclegan.train import CycleGAN, ImagePool, LinearDecay
-from tests.conftest import REPO, tiny_overrides, write_params
+from tests.conftest import tiny_overrides, write_params
 
 BIN = Path(sys.executable).parent
 
@@ -49,8 +49,12 @@ def seed_step(G, F, D_M, D_P, optimizer_G, optimizer_D_M, optimizer_D_P, photo, 
         total_gen_loss_G = adv_loss_G + 10 * cycle_loss_G + 5 * identity_loss_G
         total_gen_loss_F = adv_loss_F + 10 * cycle_loss_F + 5 * identity_loss_F
         total_gen_loss = total_gen_loss_G + total_gen_loss_F
-        D_M_loss = (bce_loss(tf.ones_like(D_M_real), D_M_real) + bce_loss(tf.zeros_like(D_M_fake), D_M_fake)) * 0.5
-        D_P_loss = (bce_loss(tf.ones_like(D_P_real), D_P_real) + bce_loss(tf.zeros_like(D_P_fake), D_P_fake)) * 0.5
+        D_M_loss = (
+            bce_loss(tf.ones_like(D_M_real), D_M_real) + bce_loss(tf.zeros_like(D_M_fake), D_M_fake)
+        ) * 0.5
+        D_P_loss = (
+            bce_loss(tf.ones_like(D_P_real), D_P_real) + bce_loss(tf.zeros_like(D_P_fake), D_P_fake)
+        ) * 0.5
     gradients_G = tape.gradient(total_gen_loss, G.trainable_variables + F.trainable_variables)
     gradients_D_M = tape.gradient(D_M_loss, D_M.trainable_variables)
     gradients_D_P = tape.gradient(D_P_loss, D_P.trainable_variables)
@@ -90,11 +94,17 @@ def test_one_step_equals_the_seed_transcription(tiny_config):
 def test_lsgan_and_bce_match_their_formulas():
     logits = tf.constant(np.random.default_rng(1).normal(size=(3, 4, 4, 1)), tf.float32)
     x = logits.numpy().reshape(3, -1)
-    np.testing.assert_allclose(losses.adversarial(logits, True, "lsgan"), ((x - 1) ** 2).mean(1), rtol=1e-6)
-    np.testing.assert_allclose(losses.adversarial(logits, False, "lsgan"), (x**2).mean(1), rtol=1e-6)
+    np.testing.assert_allclose(
+        losses.adversarial(logits, True, "lsgan"), ((x - 1) ** 2).mean(1), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        losses.adversarial(logits, False, "lsgan"), (x**2).mean(1), rtol=1e-6
+    )
     bce_real = np.log1p(np.exp(-x)).mean(1)  # -log(sigmoid(x))
     np.testing.assert_allclose(losses.adversarial(logits, True, "bce"), bce_real, rtol=1e-5)
-    np.testing.assert_allclose(losses.adversarial(logits, False, "bce"), np.log1p(np.exp(x)).mean(1), rtol=1e-5)
+    np.testing.assert_allclose(
+        losses.adversarial(logits, False, "bce"), np.log1p(np.exp(x)).mean(1), rtol=1e-5
+    )
 
 
 def test_lr_schedule_is_the_official_linear_policy():
@@ -134,7 +144,17 @@ def _free_port() -> int:
 
 def _train_cmd(params: Path, data: Path, out: Path, *overrides: str) -> list[str]:
     sets = [a for o in overrides for a in ("-S", o)]
-    return [str(BIN / "cyclegan"), "-p", str(params), *sets, "train", "--data", str(data), "--out", str(out)]
+    return [
+        str(BIN / "cyclegan"),
+        "-p",
+        str(params),
+        *sets,
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+    ]
 
 
 def _generator(export: Path):
@@ -154,9 +174,16 @@ def params_file(tmp_path_factory, tiny_extractor_path):
 
 
 @pytest.mark.slow
-def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(params_file, pipeline_outputs, tmp_path):
+def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(
+    params_file, pipeline_outputs, tmp_path
+):
     data = pipeline_outputs["data"]
-    opts = ("train.deterministic=true", "train.epochs=3", "train.epochs_decay=2", "train.checkpoint_every=3")
+    opts = (
+        "train.deterministic=true",
+        "train.epochs=3",
+        "train.epochs_decay=2",
+        "train.checkpoint_every=3",
+    )
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1"}
     straight = subprocess.run(_train_cmd(params_file, data, tmp_path / "straight", *opts),
                               env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
@@ -187,7 +214,9 @@ def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(params_file,
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_143(params_file, pipeline_outputs, tmp_path):
     out = tmp_path / "preempted"
-    cmd = _train_cmd(params_file, pipeline_outputs["data"], out, "train.epochs=20", "train.checkpoint_every=1000")
+    cmd = _train_cmd(
+        params_file, pipeline_outputs["data"], out, "train.epochs=20", "train.checkpoint_every=1000"
+    )
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not (out / "checkpoints" / "fingerprint.json").exists() and time.time() < deadline:
@@ -249,7 +278,11 @@ def test_multi_worker_with_two_real_processes(params_file, pipeline_outputs, tmp
         env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "CUDA_VISIBLE_DEVICES": "-1"}
         cmd = _train_cmd(params_file, pipeline_outputs["data"], out, "train.strategy=multi_worker",
                          "train.epochs=1", "train.epochs_decay=0")  # fmt: skip
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
     results = [p.communicate(timeout=600) for p in procs]
     for proc, (_, err) in zip(procs, results, strict=True):
         assert proc.returncode == 0, err

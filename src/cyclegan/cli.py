@@ -66,11 +66,15 @@ def cmd_evaluate(cfg, args):
 
     result = evaluate.run(cfg, args.data, args.train, args.out)
     m = result.metrics
-    print(f"evaluate: FID(G(photos), paintings) = {m['fid']:.4g}  "
-          f"baseline FID(photos, paintings) = {m['fid_baseline_photos']:.4g}  "
-          f"KID = {m['kid_mean']:.4g}  MiFID = {m['mifid']:.4f}  [extractor {m['extractor']}]")
-    print(f"evaluate: metrics {result.out_dir / evaluate.METRICS_JSON}, "
-          f"sample grid {result.out_dir / evaluate.GRID_PNG}")
+    print(
+        f"evaluate: FID(G(photos), paintings) = {m['fid']:.4g}  "
+        f"baseline FID(photos, paintings) = {m['fid_baseline_photos']:.4g}  "
+        f"KID = {m['kid_mean']:.4g}  MiFID = {m['mifid']:.4f}  [extractor {m['extractor']}]"
+    )
+    print(
+        f"evaluate: metrics {result.out_dir / evaluate.METRICS_JSON}, "
+        f"sample grid {result.out_dir / evaluate.GRID_PNG}"
+    )
 
 
 def cmd_register(cfg, args):
@@ -124,8 +128,10 @@ def cmd_results(cfg, args):
     print(f"FID(G(photos), paintings): {m['fid']:.4g}   baseline FID(photos, paintings): "
           f"{m['fid_baseline_photos']:.4g}   (extractor {m['extractor']})")  # fmt: skip
     print(f"  metrics:      {metrics_path}   (`dvc metrics show`)")
-    print(f"  sample grid:  {out / 'evaluate' / 'grid.png'}   "
-          f"(photo | G(photo) | F(G(photo)) | painting | F(painting) | G(F(painting)))")
+    print(
+        f"  sample grid:  {out / 'evaluate' / 'grid.png'}   "
+        f"(photo | G(photo) | F(G(photo)) | painting | F(painting) | G(F(painting)))"
+    )
     print(f"  loss curves:  {out / 'train' / 'losses.csv'}   (`dvc plots show`)")
     print(f"  validation:   {out / 'validate' / 'data_docs' / 'index.html'}")
     if registration_path.is_file():
@@ -134,7 +140,9 @@ def cmd_results(cfg, args):
         print(f"  model:        {r['model_name']} version {r['version']} ({state}): {r['reason']}")
         uri = r["tracking_uri"]
         if uri.startswith("sqlite"):
-            print(f"  MLflow UI:    mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)")
+            print(
+                f"  MLflow UI:    mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)"
+            )
         else:
             print(f"  MLflow UI:    {uri}")
     return 0
@@ -142,7 +150,9 @@ def cmd_results(cfg, args):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cyclegan", description=__doc__.splitlines()[0])
-    parser.add_argument("-p", "--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument(
+        "-p", "--params", default="params.yaml", help="params file (default: params.yaml)"
+    )
     parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a param, e.g. -S train.epochs=3 (repeatable)")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)

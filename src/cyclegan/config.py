@@ -6,6 +6,7 @@ that an unknown key or a wrong type is an error that names the key, never a sile
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -131,7 +132,9 @@ _CHECKS = {
     "validate.workers": lambda v: v >= 1 or "must be >= 1",
     "validate.min_side": lambda v: v >= 1 or "must be >= 1",
     "validate.max_side": lambda v: v >= 1 or "must be >= 1",
-    "preprocess.image_size": lambda v: v >= 16 and v % 4 == 0 or "must be >= 16 and a multiple of 4",
+    "preprocess.image_size": lambda v: (
+        v >= 16 and v % 4 == 0 or "must be >= 16 and a multiple of 4"
+    ),
     "preprocess.jpeg_quality": lambda v: 1 <= v <= 100 or "must be in 1..100",
     "preprocess.test_fraction": lambda v: 0.0 < v < 1.0 or "must be between 0 and 1",
     "preprocess.workers": lambda v: v >= 1 or "must be >= 1",
@@ -198,8 +201,7 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
             continue
         if not _type_ok(value, tp):
             raise ConfigError(
-                f"{source}: '{key}' must be {_describe(tp)}, got {value!r} "
-                f"({type(value).__name__})"
+                f"{source}: '{key}' must be {_describe(tp)}, got {value!r} ({type(value).__name__})"
             )
         if tp is float and isinstance(value, int):
             value = float(value)
@@ -226,11 +228,9 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     if parts[-1] not in node:
         raise ConfigError(f"override '{override}': unknown key '{dotted}'")
     value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-3" as a string; a number is meant
-            value = float(value) if any(c.isdigit() for c in value) else value
-        except ValueError:
-            pass
+    if isinstance(value, str) and any(c.isdigit() for c in value):
+        with contextlib.suppress(ValueError):  # YAML 1.1 reads "1e-3" as a string
+            value = float(value)
     node[parts[-1]] = value
 
 
@@ -238,7 +238,9 @@ def load_config(path: str | Path = "params.yaml", overrides: list[str] | tuple =
     """Read params.yaml, apply overrides, and return a validated Config."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"params file '{path}' not found (run from the repository root or pass -p)")
+        raise ConfigError(
+            f"params file '{path}' not found (run from the repository root or pass -p)"
+        )
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

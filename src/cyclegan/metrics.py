@@ -153,7 +153,11 @@ def imagenet_weights_cached() -> bool:
     """Whether Keras already holds the ImageNet InceptionV3 (no-top) weights file."""
     import keras
 
-    home = Path(keras.config.keras_home()) if hasattr(keras.config, "keras_home") else Path.home() / ".keras"
+    home = (
+        Path(keras.config.keras_home())
+        if hasattr(keras.config, "keras_home")
+        else Path.home() / ".keras"
+    )
     return (home / "models" / KERAS_INCEPTION_NOTOP).is_file()
 
 

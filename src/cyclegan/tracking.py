@@ -126,8 +126,11 @@ def log_generator(saved_model_dir: str | Path, size_multiple: int, name: str = "
         signature=signature,
         input_example=example,
         registered_model_name=registered_model_name,
-        pip_requirements=[f"{tf_req}=={_version(tf_req)}", f"mlflow=={_version('mlflow')}",
-                          f"numpy=={_version('numpy')}"],  # fmt: skip
+        pip_requirements=[
+            f"{tf_req}=={_version(tf_req)}",
+            f"mlflow=={_version('mlflow')}",
+            f"numpy=={_version('numpy')}",
+        ],  # fmt: skip
     )
 
 
@@ -266,7 +269,9 @@ def reconcile_champion(client, name: str) -> int | None:
     if not winners:
         return champion["version"]
     best = min(winners, key=lambda v: (float(v.tags[TAG_FID]), int(v.version)))
-    if int(best.version) != champion["version"] and float(best.tags[TAG_FID]) < float(champion[TAG_FID]):
+    if int(best.version) != champion["version"] and float(best.tags[TAG_FID]) < float(
+        champion[TAG_FID]
+    ):
         _set_champion(client, name, int(best.version),
                       f"concurrent registrations reconciled: best FID {best.tags[TAG_FID]}", "fid-gate")  # fmt: skip
         return int(best.version)

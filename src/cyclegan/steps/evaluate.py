@@ -55,7 +55,9 @@ def sample_grid(rows: list[list[np.ndarray]]) -> np.ndarray:
     canvas = np.full(((h + gap) * len(rows) - gap, (w + gap) * n_cols - gap, 3), 255, np.uint8)
     for i, row in enumerate(rows):
         for j, image in enumerate(row):
-            canvas[i * (h + gap) : i * (h + gap) + h, j * (w + gap) : j * (w + gap) + w] = to_uint8(image)
+            canvas[i * (h + gap) : i * (h + gap) + h, j * (w + gap) : j * (w + gap) + w] = to_uint8(
+                image
+            )
     return canvas
 
 
@@ -82,14 +84,20 @@ def run(cfg: Config, data_dir: str | Path, train_dir: str | Path, out_dir: str |
             f"'{data_dir}' holds {n_photo} held-out photos; FID needs at least 2 "
             f"(raise preprocess.test_fraction or add photos)"
         )
-    photos = np.concatenate(list(eval_images(photo_files, image_size, ecfg.batch_size).as_numpy_iterator()))
-    paintings = np.concatenate(list(eval_images(monet_files, image_size, ecfg.batch_size).as_numpy_iterator()))
+    photos = np.concatenate(
+        list(eval_images(photo_files, image_size, ecfg.batch_size).as_numpy_iterator())
+    )
+    paintings = np.concatenate(
+        list(eval_images(monet_files, image_size, ecfg.batch_size).as_numpy_iterator())
+    )
     generated = _translate(G, photos, ecfg.batch_size)
 
     extractor = extractor or load_extractor(ecfg.extractor, ecfg.inception_weights, ecfg.input_size)
 
     def feats(images):
-        return extractor.features(images[i : i + ecfg.batch_size] for i in range(0, len(images), ecfg.batch_size))
+        return extractor.features(
+            images[i : i + ecfg.batch_size] for i in range(0, len(images), ecfg.batch_size)
+        )
 
     f_photo, f_gen, f_paint = feats(photos), feats(generated), feats(paintings)
     dims = f_gen.shape[1]

@@ -85,7 +85,9 @@ def run(cfg: Config, train_dir: str | Path, eval_dir: str | Path, out_dir: str |
         )  # fmt: skip
     version = int(model_info.registered_model_version)
 
-    client.set_model_version_tag(rcfg.model_name, str(version), tracking.TAG_FINGERPRINT, fingerprint)
+    client.set_model_version_tag(
+        rcfg.model_name, str(version), tracking.TAG_FINGERPRINT, fingerprint
+    )
     promoted, reason = tracking.gate(client, rcfg.model_name, version, metrics["fid"],
                                      metrics["extractor"], rcfg.promote_margin)  # fmt: skip
     champion = tracking.current_champion(client, rcfg.model_name)

@@ -89,9 +89,8 @@ def run(cfg: Config, data_dir: str | Path, out_dir: str | Path, progress: bool =
     from cyclegan.data.pipeline import unpaired_batches
     from cyclegan.model import size_multiple
     from cyclegan.steps.preprocess import shard_files
-    from cyclegan.train import LOSS_NAMES, CycleGAN, distributed_step, make_strategy
-
     from cyclegan.tracking import check_tracking_server
+    from cyclegan.train import LOSS_NAMES, CycleGAN, distributed_step, make_strategy
 
     tcfg = cfg.train
     check_tracking_server()  # a down MLflow server fails now, not after hours of training

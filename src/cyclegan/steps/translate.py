@@ -87,7 +87,9 @@ def translate(inputs: list[str | Path], model: str | Path, out_dir: str | Path,
     if clash:
         raise ValueError(f"output {clash[0]} would overwrite an input; choose another --out")
     if len({t.name for t in targets}) != len(targets):
-        raise ValueError("several inputs share a file stem; translate them into separate --out dirs")
+        raise ValueError(
+            "several inputs share a file stem; translate them into separate --out dirs"
+        )
     run = load_translator(model)
     out_dir.mkdir(parents=True, exist_ok=True)
     for src, dst in tqdm(list(zip(files, targets, strict=True)), desc="translate", unit="img",
