@@ -57,11 +57,12 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def git_commit(cwd: str | Path = ".") -> str | None:
+    """The code version: git HEAD, else $CYCLEGAN_GIT_COMMIT (set in the container image)."""
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
                               text=True, check=True, timeout=10).stdout.strip()  # fmt: skip
     except (OSError, subprocess.SubprocessError):
-        return None
+        return os.environ.get("CYCLEGAN_GIT_COMMIT")
 
 
 def dvc_data_hashes(lock_path: str | Path = "dvc.lock") -> dict[str, str]:
