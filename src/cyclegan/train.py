@@ -348,8 +348,10 @@ def distributed_step(strategy: tf.distribute.Strategy, gan: CycleGAN):
     the rest); with several, each replica's losses and gradients are (XLA cannot place a step
     touching variables on several devices), and the all-reduce + update run as usual.
     """
-    whole = gan.cfg.jit_compile and strategy.num_replicas_in_sync == 1 and not isinstance(
-        strategy, tf.distribute.MultiWorkerMirroredStrategy
+    whole = (
+        gan.cfg.jit_compile
+        and strategy.num_replicas_in_sync == 1
+        and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     )
     if gan.cfg.jit_compile and not whole:
         gan.replica_gradients = tf.function(gan.losses_and_gradients, jit_compile=True)

@@ -198,9 +198,10 @@ def run(cfg: Config, data_dir: str | Path, out_dir: str | Path, progress: bool =
     export_dir = write_dir / EXPORT_DIR
     with atomic_path(export_dir) as tmp:
         tmp.mkdir(parents=True)
-        gan.G.save(tmp / "G.keras")
-        gan.F.save(tmp / "F.keras")
-        gan.G.export(str(tmp / "G_savedmodel"), format="tf_saved_model", verbose=False)
+        G, F = gan.export_generators()  # float32 copies after mixed-precision training
+        G.save(tmp / "G.keras")
+        F.save(tmp / "F.keras")
+        G.export(str(tmp / "G_savedmodel"), format="tf_saved_model", verbose=False)
         write_manifest(
             tmp, "train",
             steps=step,

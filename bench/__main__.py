@@ -1,0 +1,165 @@
+"""`python -m bench [peak|train|frechet|data|dvc|report ...] [--full] [--gpu] ...`
+
+Without names: all of them, each in its own process, then docs/BENCHMARKS.md. Quick defaults
+fit in about 15 minutes on 2 CPU cores; `--full` measures longer and at more settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from bench.common import REPO, command_line, log, save
+
+ALL = ("peak", "train", "frechet", "data", "dvc")
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help=f"any of {', '.join(ALL)}, report (default: all, then report)")  # fmt: skip
+    p.add_argument("--quick", action="store_true", help="the default: bounded time on 2 cores")
+    p.add_argument("--full", action="store_true", help="more rounds/steps/images, all ablations")
+    p.add_argument("--gpu", action="store_true", help="use the GPU (adds fp16 variants)")
+    p.add_argument("--sizes", default="64,128,256", help="train: image sizes, px")
+    p.add_argument("--batch", type=int, default=1, help="train: batch size (seed/paper: 1)")
+    p.add_argument("--rounds", type=int, help="train: interleaved timing rounds")
+    p.add_argument("--xla-sizes", help="train: sizes with XLA variants (quick CPU: 64)")
+    p.add_argument("--ablation-sizes", help="train: sizes with ablation rows (quick: 64,128)")
+    p.add_argument("--dvc-real", action="store_true",
+                   help="dvc: the real params.yaml (quick: epochs shrunk for the clean run)")  # fmt: skip
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    unknown = [n for n in args.names if n not in (*ALL, "report")]
+    if unknown:
+        p.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(ALL)}, report")
+    return args
+
+
+def _sizes(text: str | None, default: list[int]) -> list[int]:
+    return [int(s) for s in text.split(",") if s] if text is not None else default
+
+
+def flags(args) -> list[str]:
+    """The flags that shape results, for the 'command' column."""
+    out = []
+    if args.full:
+        out.append("--full")
+    if args.gpu:
+        out.append("--gpu")
+    for name in ("sizes", "xla_sizes", "ablation_sizes"):
+        value = getattr(args, name)
+        if value and not (name == "sizes" and value == "64,128,256"):
+            out += [f"--{name.replace('_', '-')}", value]
+    if args.batch != 1:
+        out += ["--batch", str(args.batch)]
+    if args.rounds:
+        out += ["--rounds", str(args.rounds)]
+    if args.dvc_real:
+        out.append("--dvc-real")
+    return out
+
+
+def _load() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "?"
+
+
+def run_one(name: str, args) -> None:
+    command = command_line([name, *flags(args)])
+    load_start = _load()
+    if not args.gpu:
+        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+    extra: dict = {}
+    if name == "peak":
+        from bench import peak
+
+        measured = peak.measure(reps=5 if args.full else 3)
+        rows, extra = peak.rows(measured, command), {"peak": measured}
+    elif name == "train":
+        from bench import peak, train_step
+
+        measured = peak.measure(reps=3)
+        sizes = [int(s) for s in args.sizes.split(",")]
+        # XLA on CPU is slower and compiles for minutes at 256 px: quick runs try it at 64 px
+        xla = _sizes(args.xla_sizes, sizes if args.full or args.gpu else [64])
+        abl = _sizes(args.ablation_sizes, sizes if args.full else [64, 128])
+        rows, infos = peak.rows(measured, command), []
+        for size in sizes:
+            vs = train_step.variants(args.gpu, ablations=size in abl, jit=size in xla)
+            rounds = args.rounds or (5 if args.full else 3)
+            steps = (4 if size <= 64 else 2) if args.full else (2 if size <= 64 else 1)
+            r, info = train_step.run_size(size, args.batch, vs, rounds, steps, measured, command)
+            rows += r
+            infos.append(info)
+            save(
+                "train",
+                rows,
+                {"peak": measured, "sizes": infos, "load": f"{load_start} → {_load()}"},
+            )
+        extra = {"peak": measured, "sizes": infos}
+    elif name == "frechet":
+        from bench import frechet
+
+        rows = frechet.run(reps=3 if args.full else 1, command=command)
+    elif name == "data":
+        from bench import data_benches
+
+        if args.full:
+            rows = data_benches.run(1200, 300, 512, 3, 30.0, args.batch, command)
+        else:
+            rows = data_benches.run(240, 80, 512, 2, 10.0, args.batch, command)
+    elif name == "dvc":
+        from bench import dvc_repro
+
+        shrink = (
+            {} if (args.dvc_real or args.full) else {"train.epochs": 1, "train.epochs_decay": 1}
+        )
+        rows = dvc_repro.run(timeout=3600, overrides=shrink, command=command)
+    else:
+        raise ValueError(name)
+    extra["load"] = f"{load_start} → {_load()}"
+    path = save(name, rows, extra)
+    log(f"{name}: {len(rows)} rows -> {path.relative_to(REPO)}")
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    names = args.names or [*ALL, "report"]
+    if args.child:
+        for name in names:
+            run_one(name, args)
+        return 0
+    failed = []
+    for name in names:
+        if name == "report":
+            continue
+        t0 = time.perf_counter()
+        log(f"=== {name} ===")
+        argv_child = [sys.executable, "-m", "bench", name, "--child", *flags(args)]
+        proc = subprocess.run(argv_child, cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        log(
+            f"=== {name}: {'ok' if proc.returncode == 0 else 'FAILED'} in {time.perf_counter() - t0:.0f}s"
+        )
+        if proc.returncode:
+            failed.append(name)
+    if "report" in names or not args.names:
+        from bench import report
+
+        report.write()
+        log(f"wrote {report.REPORT.relative_to(REPO)}")
+    if failed:
+        log(f"failed: {', '.join(failed)}")
+        print(json.dumps({"failed": failed}))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

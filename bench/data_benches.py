@@ -1,0 +1,157 @@
+"""Benchmarks 5 and 3: preprocess JPEG -> TFRecord with 1 and 2 workers; then the tf.data input
+pipeline (TFRecord -> decoded, jittered 256 px batches) over the shards it wrote, against what
+the train step consumes (bench/results/train.json)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import RESULTS, Row, log
+
+SCALING_TARGET = 1.7
+INPUT_TARGET = 20.0
+
+
+def make_jpegs(root: Path, n_photo: int, n_monet: int, side: int) -> dict[str, Path]:
+    """Natural-image JPEGs: random crops of the photos shipped by scikit-image/-learn (the
+    sample data's sources), upscaled to `side` px, quality 95."""
+    import numpy as np
+    from PIL import Image
+
+    from cyclegan.data.sample import random_crops, source_photos
+
+    rng = np.random.default_rng(0)
+    sources = [Image.open(p).convert("RGB") for p in source_photos()]
+    dirs = {}
+    for domain, n in (("photo", n_photo), ("monet", n_monet)):
+        folder = root / f"{domain}_jpg"
+        folder.mkdir(parents=True)
+        for i, crop in enumerate(random_crops(sources, n, 256, rng)):
+            crop.resize((side, side), Image.BICUBIC).save(
+                folder / f"{domain}_{i:05d}.jpg", quality=95
+            )
+        dirs[domain] = folder
+    return dirs
+
+
+def config(workers: int, image_size: int):
+    from bench.common import REPO
+    from cyclegan.config import load_config
+
+    cfg = load_config(REPO / "params.yaml")
+    pre = dataclasses.replace(cfg.preprocess, workers=workers, image_size=image_size)
+    val = dataclasses.replace(cfg.validate, min_images_per_domain=4)
+    return dataclasses.replace(cfg, preprocess=pre, validate=val)
+
+
+def preprocess_rows(root: Path, n_photo: int, n_monet: int, side: int, rounds: int,
+                    command: str) -> tuple[list[Row], Path]:  # fmt: skip
+    import tensorflow as tf  # noqa: F401  (imported before timing: the parent writes shards)
+
+    from cyclegan.steps import preprocess, validate
+
+    log(f"preprocess: making {n_photo} + {n_monet} JPEGs of {side} px ...")
+    dirs = make_jpegs(root / "jpg", n_photo, n_monet, side)
+    result = validate.run(
+        config(1, 256), dirs["photo"], dirs["monet"], root / "validate", progress=False
+    )
+    if not result.passed:
+        raise RuntimeError(f"validation of the generated JPEGs failed: {result.message()}")
+    n = n_photo + n_monet
+    times = {1: [], 2: []}
+    for r in range(rounds):
+        for workers in (1, 2) if r % 2 == 0 else (2, 1):
+            out = root / f"data-w{workers}-{r}"
+            t0 = time.perf_counter()
+            preprocess.run(config(workers, 256), root / "validate", out, progress=False)
+            times[workers].append(time.perf_counter() - t0)
+            log(f"preprocess, {workers} worker(s): {n / times[workers][-1]:.0f} img/s")
+    one, two = n / min(times[1]), n / min(times[2])
+    case = f"{n} JPEGs {side} px -> 256 px TFRecords"
+    rows = [
+        Row(
+            "preprocess",
+            case,
+            "preprocess.workers=1",
+            one,
+            "img/s",
+            note=f"best of {rounds}",
+            command=command,
+        ),  # fmt: skip
+        Row(
+            "preprocess",
+            case,
+            "preprocess.workers=2",
+            two,
+            "img/s",
+            baseline=one,
+            baseline_name="workers=1",
+            ratio=two / one,
+            target=f">= {SCALING_TARGET}x",
+            met=two / one >= SCALING_TARGET,
+            note=f"best of {rounds}",
+            command=command,
+        ),  # fmt: skip
+    ]
+    return rows, root / "data-w2-0"
+
+
+def train_consumption() -> dict[str, float]:
+    """img/s of the train step at 256 px, from the train benchmark's results, if present."""
+    path = RESULTS / "train.json"
+    if not path.is_file():
+        return {}
+    rows = json.loads(path.read_text())["rows"]
+    return {r["variant"]: r["value"] for r in rows if r["case"].startswith("256 px")}
+
+
+def input_rows(data_dir: Path, batch: int, seconds: float, command: str) -> list[Row]:
+    import tensorflow as tf
+
+    from cyclegan.data.pipeline import unpaired_batches
+    from cyclegan.steps.preprocess import shard_files
+
+    photo_files, n_photo = shard_files(data_dir, "photo", "train")
+    monet_files, n_monet = shard_files(data_dir, "monet", "train")
+    dataset, _ = unpaired_batches(photo_files, n_photo, monet_files, n_monet, global_batch=batch,
+                                  image_size=256, load_size=286, flip=True, seed=0)  # fmt: skip
+    it = iter(dataset)
+    for _ in range(20):  # warm up: fill shuffle buffers, start the autotuner
+        photo, monet = next(it)
+    images, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        photo, monet = next(it)
+        images += int(photo.shape[0]) + int(monet.shape[0])
+    assert photo.shape == (batch, 256, 256, 3) and photo.dtype == tf.float32
+    rate = images / (time.perf_counter() - t0)
+    log(f"input pipeline: {rate:.0f} img/s (batch {batch})")
+    case = f"TFRecord -> decode -> resize 286, crop 256, flip; batch {batch}"
+    consumption = train_consumption()
+    rows = [Row("input", case, "cyclegan.data.pipeline.unpaired_batches", rate, "img/s",
+                note=f"{images} images in {seconds:.0f} s", command=command)]  # fmt: skip
+    for variant in ("seed step, fp32 (baseline)", "project, fp32", "project, bf16"):
+        if variant in consumption:
+            ratio = rate / consumption[variant]
+            rows.append(Row(
+                "input", case, f"pipeline vs the 256 px train step: {variant}", rate, "img/s",
+                baseline=consumption[variant], baseline_name="train step consumption",
+                ratio=ratio, target=f">= {INPUT_TARGET:.0f}x", met=ratio >= INPUT_TARGET,
+                note="train step img/s from bench/results/train.json", command=command,
+            ))  # fmt: skip
+    if not consumption:
+        rows.append(
+            Row("input", case, "vs train step", None, "", note="run `python -m bench train` first")
+        )
+    return rows
+
+
+def run(n_photo: int, n_monet: int, side: int, rounds: int, input_seconds: float, batch: int,
+        command: str) -> list[Row]:  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
+        rows, data_dir = preprocess_rows(Path(tmp), n_photo, n_monet, side, rounds, command)
+        rows += input_rows(data_dir, batch, input_seconds, command)
+    return rows

@@ -1,0 +1,215 @@
+"""The train step's speed options give the plain step's numbers (docs/BENCHMARKS.md).
+
+Stated tolerances, on the first step's losses from identical weights and inputs (relative):
+fuse_calls / instance_norm fused: 1e-5 (float32 summation order only); XLA: 1e-4;
+bf16: 5e-2 (8 mantissa bits in the convolutions; losses, statistics and weights float32);
+fp16 + loss scaling: 1e-2. Models are tiny; U-Net dropout is switched off where a check needs
+identical randomness (the fused calls draw masks for the concatenated batch).
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bench.seed_step import seed_step
+from cyclegan.config import ConfigError
+from cyclegan.model.layers import InstanceNorm, instance_norm_fused, instance_norm_moments
+from cyclegan.train import CycleGAN, FusedAdam, distributed_step
+
+KEYS = ("gen_total", "G_cycle", "F_identity", "D_X", "D_Y")
+SIZE = 32
+
+
+def _inputs(batch=2, seed=0):
+    rng = np.random.default_rng(seed)
+    photo = tf.constant(rng.uniform(-1, 1, (batch, SIZE, SIZE, 3)), tf.float32)
+    monet = tf.constant(rng.uniform(-1, 1, (batch, SIZE, SIZE, 3)), tf.float32)
+    return photo, monet
+
+
+def _no_dropout(gan):
+    for model in (gan.G, gan.F):
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.Dropout):
+                layer.rate = 0.0
+
+
+def _gan(cfg, weights=None, **options):
+    cfg = dataclasses.replace(cfg, **options)
+    gan = CycleGAN(cfg, SIZE, steps_per_epoch=10, global_batch=cfg.batch_size)
+    if weights is not None:
+        for model, w in zip((gan.G, gan.F, gan.D_X, gan.D_Y), weights, strict=True):
+            model.set_weights(w)
+    _no_dropout(gan)
+    return gan
+
+
+def _weights(gan):
+    return [m.get_weights() for m in (gan.G, gan.F, gan.D_X, gan.D_Y)]
+
+
+def _step(gan, photo, monet, steps=1):
+    step = distributed_step(tf.distribute.get_strategy(), gan)
+    for _ in range(steps):
+        out = step(photo, monet)
+    return {k: float(v) for k, v in out.items()}
+
+
+def _assert_losses_close(got, want, rtol):
+    for key in KEYS:
+        assert got[key] == pytest.approx(want[key], rel=rtol), key
+
+
+@pytest.fixture(scope="module", params=["resnet", "unet"])
+def plain(request, tiny_config):
+    """The plain step (separate calls, tf.nn.moments, float32, no XLA), one step from fixed
+    weights: its config, initial weights, losses, and G's output afterwards."""
+    cfg = tiny_config(train__generator=request.param, train__pool_size=0).train
+    keras.utils.set_random_seed(0)
+    gan = _gan(cfg, fuse_calls=False, instance_norm="moments")
+    weights = _weights(gan)
+    photo, monet = _inputs()
+    losses = _step(gan, photo, monet)
+    return cfg, weights, losses, np.asarray(gan.G(photo, training=False))
+
+
+def test_fused_calls_and_fused_norm_equal_the_plain_step(plain):
+    cfg, weights, want, g_after = plain
+    photo, monet = _inputs()
+    gan = _gan(cfg, weights, fuse_calls=True, instance_norm="fused")
+    _assert_losses_close(_step(gan, photo, monet), want, rtol=1e-5)
+    # After the update: what G computes agrees (raw conv biases right before instance norm may
+    # not: their true gradient is zero and Adam turns round-off into +-lr steps).
+    np.testing.assert_allclose(np.asarray(gan.G(photo, training=False)), g_after, atol=1e-4)
+
+
+def test_xla_equals_the_plain_step(plain):
+    cfg, weights, want, _ = plain
+    if cfg.generator != "resnet":
+        pytest.skip("one generator is enough to check XLA (compiling takes a while)")
+    photo, monet = _inputs()
+    gan = _gan(cfg, weights, jit_compile=True)
+    _assert_losses_close(_step(gan, photo, monet), want, rtol=1e-4)
+
+
+def test_bf16_is_within_its_stated_tolerance(plain):
+    cfg, weights, want, _ = plain
+    photo, monet = _inputs()
+    gan = _gan(cfg, weights, mixed_precision="bf16")
+    assert gan.G.compute_dtype == "bfloat16" and gan.G.weights[0].dtype == "float32"
+    got = _step(gan, photo, monet)
+    _assert_losses_close(got, want, rtol=5e-2)
+    G, F = gan.export_generators()  # exported in float32, same weights
+    assert G.compute_dtype == F.compute_dtype == "float32"
+    np.testing.assert_array_equal(G.get_weights()[0], gan.G.get_weights()[0])
+
+
+def test_fp16_with_loss_scaling(tiny_config):
+    cfg = tiny_config(train__pool_size=0).train
+    keras.utils.set_random_seed(0)
+    ref = _gan(cfg, fuse_calls=False, instance_norm="moments")
+    weights = _weights(ref)
+    photo, monet = _inputs()
+    want = _step(ref, photo, monet)
+    gan = _gan(cfg, weights, mixed_precision="fp16")
+    assert isinstance(gan.optimizer_G, keras.optimizers.LossScaleOptimizer)
+    _assert_losses_close(_step(gan, photo, monet), want, rtol=1e-2)
+    more = _step(gan, photo, monet, steps=2)  # overflowing steps are skipped, never NaN
+    assert all(np.isfinite(v) for v in more.values())
+    assert 1 <= int(gan.step.numpy()) <= 3
+
+
+def test_fast_step_equals_the_seed_transcription(tiny_config):
+    """Fused calls + fused norm vs ../shared/seed.txt as written (bench/seed_step.py)."""
+    cfg = tiny_config(train__pool_size=0, train__gan_mode="bce").train
+    keras.utils.set_random_seed(0)
+    gan = _gan(cfg, fuse_calls=True, instance_norm="fused")
+    models = [keras.models.clone_model(m) for m in (gan.G, gan.F, gan.D_Y, gan.D_X)]
+    for copy, model in zip(models, (gan.G, gan.F, gan.D_Y, gan.D_X), strict=True):
+        copy.set_weights(model.get_weights())
+    photo, monet = _inputs()
+    adams = [keras.optimizers.Adam(2e-4, beta_1=0.5) for _ in range(3)]
+    gen, d_m, d_p = seed_step(*models, *adams, photo, monet)
+    got = _step(gan, photo, monet)
+    assert got["gen_total"] == pytest.approx(float(gen), rel=1e-5)
+    assert got["D_Y"] == pytest.approx(float(d_m), rel=1e-5)
+    assert got["D_X"] == pytest.approx(float(d_p), rel=1e-5)
+
+
+def test_pool_with_fused_calls_equals_separate_calls(tiny_config):
+    cfg = tiny_config(train__pool_size=3).train
+    keras.utils.set_random_seed(0)
+    ref = _gan(cfg, fuse_calls=False)
+    weights = _weights(ref)
+    photo, monet = _inputs()
+    want = _step(ref, photo, monet, steps=3)  # fills the pool, then swaps
+    got = _step(_gan(cfg, weights, fuse_calls=True), photo, monet, steps=3)
+    _assert_losses_close(got, want, rtol=1e-3)  # 3 Adam steps of round-off apart
+
+
+def _run_optimizer(opt, variables, grads):
+    opt.build(variables)
+
+    @tf.function
+    def apply(g):
+        opt.apply_gradients(zip(g, variables))
+
+    for g in grads:
+        apply(g)
+    return [v.numpy() for v in variables]
+
+
+def test_fused_adam_is_keras_adam():
+    rng = np.random.default_rng(0)
+    shapes = [(3, 3, 4, 8), (8,), (17,)]
+    init = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    grads = [[tf.constant(rng.normal(size=s), tf.float32) for s in shapes] for _ in range(5)]
+    results = []
+    for cls in (keras.optimizers.Adam, FusedAdam):
+        variables = [keras.Variable(v) for v in init]
+        opt = cls(2e-4, beta_1=0.5, beta_2=0.999)
+        results.append(_run_optimizer(opt, variables, grads))
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 16, 8), (3, 12, 10, 5)])
+def test_fused_instance_norm_equals_moments(shape):
+    x = tf.constant(np.random.default_rng(1).normal(2.0, 3.0, shape), tf.float32)
+    dy = tf.constant(np.random.default_rng(2).normal(size=shape), tf.float32)
+    outs = []
+    for fn in (instance_norm_moments, instance_norm_fused):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x, 1e-5)
+        outs.append((y.numpy(), tape.gradient(y, x, output_gradients=dy).numpy()))
+    np.testing.assert_allclose(outs[1][0], outs[0][0], atol=1e-5)
+    np.testing.assert_allclose(outs[1][1], outs[0][1], atol=1e-4)
+    # bf16 input: statistics in float32, output in bf16 close to the float32 result
+    y16 = instance_norm_fused(tf.cast(x, tf.bfloat16), 1e-5)
+    assert y16.dtype == tf.bfloat16
+    np.testing.assert_allclose(tf.cast(y16, tf.float32).numpy(), outs[0][0], atol=5e-2)
+
+
+def test_instance_norm_layer_picks_moments_for_unknown_or_tiny_shapes():
+    layer = InstanceNorm(impl="fused")
+    x = tf.random.normal([2, 4, 4, 3])  # 16 pixels: the per-image kernels do not pay
+    np.testing.assert_allclose(layer(x), instance_norm_moments(x, 1e-5), atol=1e-6)
+    assert InstanceNorm.from_config(layer.get_config()).impl == "fused"
+    assert InstanceNorm.from_config({"epsilon": 1e-5}).impl in ("fused", "moments")  # old files
+
+
+def test_speed_options_are_validated(tiny_config):
+    with pytest.raises(ConfigError, match="train.mixed_precision"):
+        tiny_config(train__mixed_precision="fp8")
+    with pytest.raises(ConfigError, match="train.instance_norm"):
+        tiny_config(train__instance_norm="pallas")
+    defaults = tiny_config().train
+    assert (defaults.jit_compile, defaults.mixed_precision, defaults.instance_norm) == (
+        False,
+        "none",
+        "fused",
+    )
