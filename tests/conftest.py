@@ -127,3 +127,16 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> tuple[str, int]:
+    """A real S3 API server on 127.0.0.1 (moto's standalone server), shared by the session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        yield server.get_host_and_port()
+    finally:
+        server.stop()

@@ -27,16 +27,9 @@ FAKE_KEY, FAKE_SECRET = "testing-key", "testing-secret"  # moto accepts any cred
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+def s3_endpoint(moto_server):
+    host, port = moto_server
+    return f"http://{host}:{port}"
 
 
 @pytest.fixture

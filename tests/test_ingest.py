@@ -288,16 +288,8 @@ class FlakyProxy:
 
 
 @pytest.fixture(scope="module")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield host, port
-    finally:
-        server.stop()
+def moto_endpoint(moto_server):
+    return moto_server
 
 
 @pytest.fixture

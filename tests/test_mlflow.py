@@ -49,20 +49,16 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 
 @pytest.fixture(scope="module")
-def s3():
+def s3(moto_server):
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    host, port = moto_server
     endpoint = f"http://{host}:{port}"
     client = boto3.client("s3", endpoint_url=endpoint, **{k.lower(): v for k, v in CREDS.items()
                                                           if k != "AWS_DEFAULT_REGION"},
                           region_name="us-east-1")  # fmt: skip
     client.create_bucket(Bucket=BUCKET)
-    yield endpoint, client
-    server.stop()
+    return endpoint, client
 
 
 @pytest.fixture(scope="module")
