@@ -289,3 +289,23 @@ def test_multi_worker_with_two_real_processes(params_file, pipeline_outputs, tmp
     chief, worker = _weights(out / "export"), _weights(out / ".worker-1" / "export")
     for a, b in zip(chief, worker, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_nan_loss_stops_training_naming_the_step_and_keeps_the_last_checkpoint(
+    tiny_config, pipeline_outputs, tmp_path
+):
+    from cyclegan.steps import train
+
+    # An absurd learning rate blows the weights up within a few steps.
+    cfg = tiny_config(train__lr=1e30, train__checkpoint_every=1, train__pool_size=0)
+    with pytest.raises(
+        train.TrainingDiverged,
+        match=r"loss is not finite at step (\d+) .*last good checkpoint .*ckpt-\d+",
+    ) as err:
+        train.run(cfg, pipeline_outputs["data"], tmp_path / "nan", progress=False)
+    bad_step = int(err.value.args[0].split("at step ")[1].split()[0])
+    kept = sorted(
+        int(p.stem.split("-")[1]) for p in (tmp_path / "nan/checkpoints").glob("ckpt-*.index")
+    )
+    assert kept and max(kept) == bad_step - 1  # the diverged step was not saved
+    assert not (tmp_path / "nan/export").exists()
