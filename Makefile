@@ -32,6 +32,11 @@ repro: install
 test: install-dev
 	$(BIN)/pytest
 
+# Benchmarks vs their baselines (bench/), table -> docs/BENCHMARKS.md; ~15 min on 2 cores.
+# BENCH_ARGS=--full for longer runs at more settings, BENCH_ARGS=--gpu on a GPU machine.
+bench: install
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -15,14 +15,21 @@ import time
 
 from bench.common import REPO, command_line, log, save
 
-ALL = ("peak", "train", "frechet", "data", "dvc")
+ALL = ("train", "frechet", "data", "dvc")  # train measures the peak too; `peak` alone on request
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("names", nargs="*", metavar="NAME",
-                   help=f"any of {', '.join(ALL)}, report (default: all, then report)")  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"any of {', '.join(ALL)}, report (default: all, then report)",
+    )
     p.add_argument("--quick", action="store_true", help="the default: bounded time on 2 cores")
     p.add_argument("--full", action="store_true", help="more rounds/steps/images, all ablations")
     p.add_argument("--gpu", action="store_true", help="use the GPU (adds fp16 variants)")
@@ -31,13 +38,16 @@ def parse(argv=None):
     p.add_argument("--rounds", type=int, help="train: interleaved timing rounds")
     p.add_argument("--xla-sizes", help="train: sizes with XLA variants (quick CPU: 64)")
     p.add_argument("--ablation-sizes", help="train: sizes with ablation rows (quick: 64,128)")
-    p.add_argument("--dvc-real", action="store_true",
-                   help="dvc: the real params.yaml (quick: epochs shrunk for the clean run)")  # fmt: skip
+    p.add_argument(
+        "--dvc-real",
+        action="store_true",
+        help="dvc: the real params.yaml (quick: epochs shrunk for the clean run)",
+    )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    unknown = [n for n in args.names if n not in (*ALL, "report")]
+    unknown = [n for n in args.names if n not in (*ALL, "peak", "report")]
     if unknown:
-        p.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(ALL)}, report")
+        p.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(ALL)}, peak, report")
     return args
 
 
@@ -94,7 +104,7 @@ def run_one(name: str, args) -> None:
         rows, infos = peak.rows(measured, command), []
         for size in sizes:
             vs = train_step.variants(args.gpu, ablations=size in abl, jit=size in xla)
-            rounds = args.rounds or (5 if args.full else 3)
+            rounds = args.rounds or (5 if args.full or size <= 64 else 3)
             steps = (4 if size <= 64 else 2) if args.full else (2 if size <= 64 else 1)
             r, info = train_step.run_size(size, args.batch, vs, rounds, steps, measured, command)
             rows += r
@@ -113,9 +123,9 @@ def run_one(name: str, args) -> None:
         from bench import data_benches
 
         if args.full:
-            rows = data_benches.run(1200, 300, 512, 3, 30.0, args.batch, command)
+            rows = data_benches.run(3000, 1000, 512, 3, 30.0, args.batch, command)
         else:
-            rows = data_benches.run(240, 80, 512, 2, 10.0, args.batch, command)
+            rows = data_benches.run(750, 250, 512, 2, 10.0, args.batch, command)
     elif name == "dvc":
         from bench import dvc_repro
 

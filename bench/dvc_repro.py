@@ -56,9 +56,15 @@ def make_copy(root: Path, overrides: dict[str, object]) -> Path:
 
 def run(timeout: float, overrides: dict[str, object], command: str) -> list[Row]:
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-           "TF_CPP_MIN_LOG_LEVEL": "2", "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
-           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "GIT_AUTHOR_NAME": "bench",
+        "GIT_AUTHOR_EMAIL": "bench@localhost",
+        "GIT_COMMITTER_NAME": "bench",
+        "GIT_COMMITTER_EMAIL": "bench@localhost",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)  # the copy's own local mlflow.db
     dvc = str(bin_dir / "dvc")
     with tempfile.TemporaryDirectory(prefix="bench-dvc-") as tmp:
@@ -86,7 +92,7 @@ def run(timeout: float, overrides: dict[str, object], command: str) -> list[Row]
             "s",
             note=shrunk,
             command=command,
-        ),  # fmt: skip
+        ),
         Row(
             "dvc",
             "sample data, nothing changed",
@@ -96,5 +102,5 @@ def run(timeout: float, overrides: dict[str, object], command: str) -> list[Row]
             target=f"<= {NOOP_TARGET_S:.0f} s",
             met=noop <= NOOP_TARGET_S,
             command=command,
-        ),  # fmt: skip
+        ),
     ]

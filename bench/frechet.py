@@ -55,14 +55,25 @@ def run(reps: int, command: str) -> list[Row]:
         t_project, t_sqrtm = min(times["project"]), min(times["sqrtm"])
         rel = abs(values["project"] - values["sqrtm"]) / abs(values["sqrtm"])
         ratio = t_sqrtm / t_project
-        log(f"frechet {n1} vs {n2}: project {t_project:.2f}s, sqrtm {t_sqrtm:.2f}s, "
-            f"FID {values['project']:.6g} vs {values['sqrtm']:.6g} (rel. diff {rel:.1e})")  # fmt: skip
-        rows.append(Row(
-            "frechet", f"{n1} vs {n2} features, d = {DIM}", "cyclegan.metrics.fid",
-            t_project, "s", baseline=t_sqrtm, baseline_name="scipy.linalg.sqrtm FID",
-            ratio=ratio, target=">= 10x at equal result", met=ratio >= 10 and rel < 1e-6,
-            note=f"FID {values['project']:.6g} vs {values['sqrtm']:.6g}: relative difference "
-                 f"{rel:.1e}; best of {reps}",
-            command=command,
-        ))  # fmt: skip
+        log(
+            f"frechet {n1} vs {n2}: project {t_project:.2f}s, sqrtm {t_sqrtm:.2f}s, "
+            f"FID {values['project']:.6g} vs {values['sqrtm']:.6g} (rel. diff {rel:.1e})"
+        )
+        rows.append(
+            Row(
+                "frechet",
+                f"{n1} vs {n2} features, d = {DIM}",
+                "cyclegan.metrics.fid",
+                t_project,
+                "s",
+                baseline=t_sqrtm,
+                baseline_name="scipy.linalg.sqrtm FID",
+                ratio=ratio,
+                target=">= 10x at equal result",
+                met=ratio >= 10 and rel < 1e-6,
+                note=f"FID {values['project']:.6g} vs {values['sqrtm']:.6g}: relative difference "
+                f"{rel:.1e}; best of {reps}",
+                command=command,
+            )
+        )
     return rows

@@ -32,8 +32,11 @@ def measure(reps: int = 5, device: str | None = None) -> dict:
             matmul = _rate(tf.function(lambda a=a, b=b: tf.matmul(a, b)), 2 * n**3, reps)
             x = tf.cast(tf.random.normal([8, 64, 64, 256]), dtype)
             w = tf.cast(tf.random.normal([3, 3, 256, 256]), dtype)
-            conv = _rate(tf.function(lambda x=x, w=w: tf.nn.conv2d(x, w, 1, "SAME")),
-                         2 * 8 * 64 * 64 * 9 * 256 * 256, reps)  # fmt: skip
+            conv = _rate(
+                tf.function(lambda x=x, w=w: tf.nn.conv2d(x, w, 1, "SAME")),
+                2 * 8 * 64 * 64 * 9 * 256 * 256,
+                reps,
+            )
             out[f"matmul_{key}"], out[f"conv_{key}"] = matmul, conv
             log(f"peak {key}: matmul {matmul:.0f} GFLOP/s, conv {conv:.0f} GFLOP/s")
     out["fp32"] = max(out["matmul_fp32"], out["conv_fp32"])

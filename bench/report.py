@@ -34,42 +34,60 @@ NOTES = """\
 - **Same work.** The train rows compare equal work: the seed's architecture (pix2pix U-Net
   generators, 70×70 PatchGAN, ngf = ndf = 64, BCE, no image pool, batch 1). The seed's step
   (`bench/seed_step.py`, a copy of `seed_step` in tests/test_train.py) runs under `tf.function`
-  as in the TF tutorial, with the textbook instance norm (`tf.nn.moments`) and Keras Adam. The
-  project's step is `cyclegan.train.CycleGAN.train_step` through `distributed_step` with the
-  options named in the row.
-- **What the project's fp32 step changes** (structure unchanged: one persistent tape, one
-  optimizer for G+F, one per D): `fuse_calls` (4 generator calls instead of 6, 2 discriminator
-  calls instead of 4: larger batches per call, weights read once per call); `instance_norm:
-  fused` (one fused batch-norm kernel per image forward and one backward, instead of ~15
-  elementwise/reduction ops); Adam as one `ResourceApplyAdam` kernel per variable (same formula
-  as Keras', bit-identical in the tests). The ablation rows switch these off one at a time.
-- **Losses match.** Column "note" gives the largest relative difference of the first step's
-  losses (generator total, D_X, D_Y) to the seed's, from identical weights and inputs with dropout
-  off. Stated tolerances, enforced by tests/test_speed_options.py: fp32 options 1e-5, XLA 1e-4,
-  bf16 5e-2 (bf16 keeps 8 mantissa bits; losses, weights, Adam and instance-norm statistics are
-  float32).
-- **FLOPs** are analytic convolution FLOPs (2 × multiply-adds) for one step: forward
-  2 × (3 G + 2 D) calls, backward ≈ 2 × forward per generator call and 2–3 × per discriminator
-  call (18 G + 14 D forward-equivalents per image); elementwise ops are not counted. GFLOP/s
-  is that over the measured step time; "% of peak" is against the machine's own big-conv /
-  big-matmul rate in the peak table.
-- **XLA on CPU** compiles convolutions to Eigen, not oneDNN, and is slower here; it stays an
-  option (`train.jit_compile`, default false) for GPUs.
+  as in the TF tutorial (eager would flatter the project), with the textbook instance norm
+  (`tf.nn.moments`) and Keras Adam. The project's step is `cyclegan.train.CycleGAN.train_step`
+  through `distributed_step`, with the `train.*` options named in the row.
+- **What the project's fp32 step changes**, keeping the seed's structure (one persistent tape,
+  one optimizer for G+F, one per D): `fuse_calls` (G on [photo; monet] and F on [monet; photo]:
+  4 generator calls instead of 6; each D on [real; fake]: 2 calls instead of 4; instance norm
+  is per image, so each image's result is the separate call's); `instance_norm: fused` (one
+  fused batch-norm kernel per image forward and one backward instead of ~15 elementwise and
+  reduction ops; `moments` below 16×16 px, where it is faster); Adam as one
+  `ResourceApplyAdam` kernel per variable (Keras' formula, same slots and checkpoints; equal to
+  Keras Adam to 1e-6 in the tests). The ablation rows switch the first two off.
+- **Defaults.** params/paper.yaml (the real training settings) turns `fuse_calls` on;
+  params.yaml (the demo) keeps it off, because tests/test_train.py checks the project's step
+  against the seed's weight by weight at rtol 1e-4, and with fused calls the conv biases right
+  before an instance norm (true gradient 0) get Adam steps of ±lr from round-off. Losses agree
+  to 1e-6 either way. `instance_norm: fused` is on in both; `jit_compile` and
+  `mixed_precision` are off (XLA is slower on CPU; bf16 changes numbers at the 1e-3 level).
+- **Losses match.** The note column gives the largest relative difference of the first step's
+  losses (generator total, D_X, D_Y) to the seed's, from identical weights and inputs with
+  dropout off. Tolerances stated and enforced by tests/test_speed_options.py: fused calls /
+  fused norm 1e-5, XLA 1e-4, bf16 5e-2 (8 mantissa bits in the convolutions; losses, weights,
+  Adam and instance-norm statistics float32), fp16 with loss scaling 1e-2.
+- **FLOPs** are analytic convolution FLOPs (2 × multiply-adds) of one step: forward 3 calls per
+  generator and 2 per discriminator; backward ≈ 2 × forward per generator call and 2–3 × per
+  discriminator call (18 G + 14 D forward-equivalents per image); elementwise ops not counted.
+  GFLOP/s is that over the measured step time; "% of peak" is against this machine's own big
+  conv / big matmul rate (peak table, measured in the same run).
+- **XLA on CPU** compiles convolutions to Eigen rather than oneDNN and is slower here (and
+  compiles for minutes at 256 px); it stays an option (`train.jit_compile`) for GPUs. With
+  several devices only each replica's losses and gradients are compiled.
+- **Shared machine.** Other processes ran during these measurements (load averages above);
+  interleaving and best-of-rounds reduce, but do not remove, their effect. Rerun to check.
 """
 
 
 def _row_table(rows: list[dict]) -> list[str]:
-    out = ["| case | variant | result | baseline | ratio | target | met | note | command |",
-           "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    out = [
+        "| case | variant | result | baseline | ratio | target | met | note | command |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         value = f"{fmt(r['value'])} {r['unit']}" if r["value"] is not None else "–"
-        base = (f"{fmt(r['baseline'])} {r['unit']} ({r['baseline_name']})"
-                if r["baseline"] is not None else "–")  # fmt: skip
+        base = (
+            f"{fmt(r['baseline'])} {r['unit']} ({r['baseline_name']})"
+            if r["baseline"] is not None
+            else "–"
+        )
         ratio = f"{r['ratio']:.2f}×" if r["ratio"] is not None else "–"
         met = {True: "**yes**", False: "no", None: ""}[r["met"]]
         cmd = f"`{r['command']}`" if r["command"] else ""
-        out.append(f"| {r['case']} | {r['variant']} | {value} | {base} | {ratio} | "
-                   f"{r['target']} | {met} | {r['note']} | {cmd} |")  # fmt: skip
+        out.append(
+            f"| {r['case']} | {r['variant']} | {value} | {base} | {ratio} | "
+            f"{r['target']} | {met} | {r['note']} | {cmd} |"
+        )
     return out
 
 
@@ -91,49 +109,75 @@ def findings(results: dict) -> list[str]:
                     / 1e9
                     / peak["fp32"]
                 )
+                params = size_info.get("params", {})
                 lines.append(
-                    f"- {size} px: the seed's step already runs at {100 * eff:.0f}% of the measured "
-                    f"fp32 conv peak, so no fp32 step doing the same convolutions can be more than "
-                    f"{1 / eff:.1f}× faster on this machine (bf16 peak: {peak['bf16'] / peak['fp32']:.1f}× fp32)."
+                    f"- {size} px: the seed's step runs at {100 * eff:.0f}% of the measured fp32 conv "
+                    f"peak, so no fp32 step doing the same convolutions can be more than "
+                    f"{1 / eff:.1f}× faster on this machine (the bf16 peak is "
+                    f"{peak['bf16'] / peak['fp32']:.1f}× the fp32 one)."
+                    + (
+                        f" Each U-Net generator has {params['G'] / 1e6:.0f} M parameters at this "
+                        f"size for {size_info['flops_forward']['G'] / 1e9:.2f} GFLOP per image: "
+                        f"weights, their gradients and Adam's state dominate the memory traffic, "
+                        f"which the fused calls (weights read once per call) and the fused Adam cut."
+                        if params and size <= 128
+                        else ""
+                    )
                 )
     return lines
 
 
+def _sections(results: dict) -> dict[str, list[tuple[dict, dict]]]:
+    """Rows grouped by benchmark (a result file may hold several), each with its file's data.
+    The peak rows of the train run (the ones its GFLOP/s refer to) win over a separate run's."""
+    sections: dict[str, list] = {}
+    for name, data in results.items():
+        for row in data["rows"]:
+            if row["bench"] == "peak" and name == "peak" and "train" in results:
+                continue
+            sections.setdefault(row["bench"], []).append((row, data))
+    return sections
+
+
 def write() -> str:
     results = load_all()
+    sections = _sections(results)
     lines = ["# Benchmarks", "", HOW]
     any_result = next(iter(results.values()), None)
     if any_result:
         m = any_result["machine"]
-        lines += [f"Machine: {m.get('cpu')}, {m.get('cores_usable')} usable cores, flags "
-                  f"{', '.join(m.get('cpu_flags', []))}; TensorFlow {m.get('tensorflow')}, "
-                  f"Python {m.get('python')}; GPUs: {', '.join(m.get('gpus', [])) or 'none'}. "
-                  f"Code: {git_revision()}.", ""]  # fmt: skip
-    targets = [r for name in ORDER if name in results for r in results[name]["rows"] if r["target"]]
+        lines += [
+            f"Machine: {m.get('cpu')}, {m.get('cores_usable')} usable cores, flags "
+            f"{', '.join(m.get('cpu_flags', []))}; TensorFlow {m.get('tensorflow')}, "
+            f"Python {m.get('python')}; GPUs: {', '.join(m.get('gpus', [])) or 'none'}. "
+            f"Code: {git_revision()}.",
+            "",
+        ]
+    targets = [r for key in ORDER for r, _ in sections.get(key, []) if r["target"]]
     if targets:
         lines += ["## Targets", ""] + _row_table(targets) + [""]
     found = findings(results)
     if found:
         lines += ["## What bounds the train step", ""] + found + [""]
-    for name in ORDER:
-        if name not in results:
+    for key in ORDER:
+        if key not in sections:
             continue
-        data = results[name]
-        lines += [f"## {TITLES[name]}", "", f"Measured {data['when']}.", ""]
-        lines += _row_table(data["rows"]) + [""]
-        if name == "train":
+        rows = [r for r, _ in sections[key]]
+        data = sections[key][0][1]
+        lines += [f"## {TITLES[key]}", "", f"Measured {data['when']}."]
+        if data["extra"].get("load"):
+            lines[-1] += f" Load average (1 min) at start → end: {data['extra']['load']}."
+        lines += [""] + _row_table(rows) + [""]
+        if key == "train":
             for info in data["extra"].get("sizes", []):
                 g, d = info["flops_forward"]["G"], info["flops_forward"]["D"]
-                lines.append(f"- {info['size']} px: conv FLOPs forward per image G {g / 1e9:.2f} G, "
-                             f"D {d / 1e9:.2f} G; per step {info['flops_per_step'] / 1e9:.1f} GFLOP. "
-                             f"Build + trace/compile s: " + ", ".join(
-                                 f"{k} {v:.0f}" for k, v in info["compile_s"].items()))  # fmt: skip
+                compile_s = ", ".join(f"{k} {v:.0f}" for k, v in info["compile_s"].items())
+                lines.append(
+                    f"- {info['size']} px: conv FLOPs forward per image G {g / 1e9:.2f} G, "
+                    f"D {d / 1e9:.2f} G; per step {info['flops_per_step'] / 1e9:.1f} GFLOP. "
+                    f"Build + trace/compile, s: {compile_s}."
+                )
             lines.append("")
-        if data["extra"].get("load"):
-            lines += [
-                f"Load average during the run (1 min, start → end): {data['extra']['load']}.",
-                "",
-            ]
     lines += [NOTES]
     text = "\n".join(lines)
     REPORT.parent.mkdir(parents=True, exist_ok=True)
