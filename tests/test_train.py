@@ -256,8 +256,10 @@ def test_mirrored_on_two_devices_matches_one_device(params_file, pipeline_output
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
         results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    # Final losses after an epoch: a wrong reduction (e.g. dividing by the per-replica batch)
+    # would be off by 2x; cross-replica round-off, amplified by Adam, stays under 1% (seen: 0.3%).
     for key in ("gen_total", "D_X", "D_Y"):
-        assert results["two"][key] == pytest.approx(results["one"][key], rel=1e-3)
+        assert results["two"][key] == pytest.approx(results["one"][key], rel=1e-2)
     # Compare what the generators compute, not raw weights: a conv bias right before instance
     # norm has a zero true gradient, so Adam turns its round-off gradient into arbitrary +-lr
     # steps that differ between summation orders yet cannot change any output.
