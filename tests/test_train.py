@@ -14,54 +14,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from bench.seed_step import seed_step  # the seed, transcribed as written (one copy)
 from cyclegan import losses
 from cyclegan.train import CycleGAN, ImagePool, LinearDecay
 from tests.conftest import tiny_overrides, write_params
 
 BIN = Path(sys.executable).parent
-
-
-def seed_step(G, F, D_M, D_P, optimizer_G, optimizer_D_M, optimizer_D_P, photo, monet):
-    """../shared/seed.txt, transcribed as written (bce_loss/cycle_loss_fn as the seed's users
-    define them: Keras BCE from logits and mean absolute error)."""
-    bce_loss = keras.losses.BinaryCrossentropy(from_logits=True)
-
-    def cycle_loss_fn(real, other):
-        return tf.reduce_mean(tf.abs(real - other))
-
-    with tf.GradientTape(persistent=True) as tape:
-        fake_monet = G(photo, training=True)
-        cycled_photo = F(fake_monet, training=True)
-        fake_photo = F(monet, training=True)
-        cycled_monet = G(fake_photo, training=True)
-        same_monet = G(monet, training=True)
-        same_photo = F(photo, training=True)
-        D_M_real = D_M(monet, training=True)
-        D_M_fake = D_M(fake_monet, training=True)
-        D_P_real = D_P(photo, training=True)
-        D_P_fake = D_P(fake_photo, training=True)
-        adv_loss_G = bce_loss(tf.ones_like(D_M_fake), D_M_fake)
-        adv_loss_F = bce_loss(tf.ones_like(D_P_fake), D_P_fake)
-        cycle_loss_G = cycle_loss_fn(photo, cycled_photo)
-        cycle_loss_F = cycle_loss_fn(monet, cycled_monet)
-        identity_loss_G = cycle_loss_fn(monet, same_monet)
-        identity_loss_F = cycle_loss_fn(photo, same_photo)
-        total_gen_loss_G = adv_loss_G + 10 * cycle_loss_G + 5 * identity_loss_G
-        total_gen_loss_F = adv_loss_F + 10 * cycle_loss_F + 5 * identity_loss_F
-        total_gen_loss = total_gen_loss_G + total_gen_loss_F
-        D_M_loss = (
-            bce_loss(tf.ones_like(D_M_real), D_M_real) + bce_loss(tf.zeros_like(D_M_fake), D_M_fake)
-        ) * 0.5
-        D_P_loss = (
-            bce_loss(tf.ones_like(D_P_real), D_P_real) + bce_loss(tf.zeros_like(D_P_fake), D_P_fake)
-        ) * 0.5
-    gradients_G = tape.gradient(total_gen_loss, G.trainable_variables + F.trainable_variables)
-    gradients_D_M = tape.gradient(D_M_loss, D_M.trainable_variables)
-    gradients_D_P = tape.gradient(D_P_loss, D_P.trainable_variables)
-    optimizer_G.apply_gradients(zip(gradients_G, G.trainable_variables + F.trainable_variables))
-    optimizer_D_M.apply_gradients(zip(gradients_D_M, D_M.trainable_variables))
-    optimizer_D_P.apply_gradients(zip(gradients_D_P, D_P.trainable_variables))
-    return total_gen_loss, D_M_loss, D_P_loss
 
 
 def _clone(model):
