@@ -205,7 +205,7 @@ class dropout_off:
 
 
 def run_size(
-    size: int, batch: int, vs: list[Variant], rounds: int, steps: int, peak: dict, command: str
+    size: int, batch: int, vs: list[Variant], rounds: int, steps: int, command: str
 ) -> tuple[list[Row], dict]:
     import numpy as np
     import tensorflow as tf
@@ -266,8 +266,7 @@ def run_size(
             "seed step, fp32 (baseline)",
             2 * batch / base,
             "img/s",
-            note=f"{base:.3f} s/step; {flops / base / 1e9:.0f} GFLOP/s "
-            f"({100 * flops / base / 1e9 / peak['fp32']:.0f}% of fp32 conv peak)",
+            note=f"{base:.3f} s/step",
             command=command,
         )
     ]
@@ -281,7 +280,6 @@ def run_size(
             "project, fp16 + loss scaling": ">= 3x",
         }.get(v.name, "")
         ratio = base / t
-        ref_peak = peak["bf16"] if low_precision else peak["fp32"]
         rows.append(
             Row(
                 "train",
@@ -294,8 +292,7 @@ def run_size(
                 ratio=ratio,
                 target=target,
                 met=(ratio >= (3 if low_precision else 2)) if target else None,
-                note=f"{t:.3f} s/step; {flops / t / 1e9:.0f} GFLOP/s "
-                f"({100 * flops / t / 1e9 / ref_peak:.0f}% of {'bf16' if low_precision else 'fp32'} conv peak); "
+                note=f"{t:.3f} s/step; "
                 f"max loss rel. diff {max(info['loss_check'][v.name].values()):.1e}",
                 command=command,
             )

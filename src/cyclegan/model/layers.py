@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 INSTANCE_NORM_IMPLS = ("fused", "moments")
-_default_impl = ["fused"]
+_default_impl = ["moments"]  # models built outside instance_norm_impl(), old saved files
 # cuDNN's batch-norm kernels reject epsilon < 1e-5 (TF's own fused_batch_norm wrapper clamps
 # to this); the difference to 1e-5 is ~5e-4 relative only for a constant (zero-variance) channel.
 _FUSED_MIN_EPSILON = 1.001e-5
@@ -67,8 +67,9 @@ def instance_norm_fused(x: tf.Tensor, epsilon: float) -> tf.Tensor:
 class InstanceNorm(keras.layers.Layer):
     """InstanceNorm2d(affine=False, track_running_stats=False): per-image, per-channel.
 
-    `impl`: `fused` (default; per-image fused batch-norm kernels where the batch size and image
-    size are static and the image has >= 256 pixels, else `moments`) or `moments` (tf.nn.moments).
+    `impl`: `moments` (tf.nn.moments; the default) or `fused` (per-image fused batch-norm kernels
+    where the batch size and image size are static and the image has >= 256 pixels, else
+    `moments`).
     Statistics are float32 under a mixed-precision policy either way.
     """
 
