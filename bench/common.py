@@ -84,6 +84,7 @@ def save(name: str, rows: list[Row], extra: dict | None = None) -> Path:
         "bench": name,
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": machine(),
+        "code": git_revision(),
         "rows": [dataclasses.asdict(r) for r in rows],
         "extra": extra or {},
     }

@@ -15,7 +15,7 @@ TITLES = {
 }
 
 HOW = """\
-Run: `make bench` (= `python -m bench`, the `--quick` defaults, about 15 min on 2 cores), or
+Run: `make bench` (= `python -m bench`, the `--quick` defaults, 10–15 min on 2 cores), or
 one benchmark: `python -m bench train|frechet|data|dvc|peak`. `--full` runs more rounds,
 steps, images and every ablation at every size; `--gpu` keeps the GPU visible and adds the fp16
 variants (on a CPU-only machine the GPU is hidden and fp16 is skipped: TF has no fast fp16 CPU
@@ -201,7 +201,7 @@ def write() -> str:
             f"Machine: {m.get('cpu')}, {m.get('cores_usable')} usable cores, flags "
             f"{', '.join(m.get('cpu_flags', []))}; TensorFlow {m.get('tensorflow')}, "
             f"Python {m.get('python')}; GPUs: {', '.join(m.get('gpus', [])) or 'none'}. "
-            f"Code: {git_revision()}.",
+            f"Report written at code {git_revision()}.",
             "",
         ]
     targets = [r for key in ORDER for r, _ in sections.get(key, []) if r["target"]]
@@ -215,7 +215,11 @@ def write() -> str:
             continue
         rows = [r for r, _ in sections[key]]
         data = sections[key][0][1]
-        lines += [f"## {TITLES[key]}", "", f"Measured {data['when']}."]
+        lines += [
+            f"## {TITLES[key]}",
+            "",
+            f"Measured {data['when']}" + (f" at code {data['code']}." if data.get("code") else "."),
+        ]
         if data["extra"].get("load"):
             lines[-1] += f" Load average (1 min) at start → end: {data['extra']['load']}."
         lines += [""] + _row_table(rows) + [""]
