@@ -86,10 +86,9 @@ def test_fused_calls_and_fused_norm_equal_the_plain_step(plain):
     np.testing.assert_allclose(np.asarray(gan.G(photo, training=False)), g_after, atol=1e-4)
 
 
+@pytest.mark.parametrize("plain", ["resnet"], indirect=True)  # one generator: XLA compiles slowly
 def test_xla_equals_the_plain_step(plain):
     cfg, weights, want, _ = plain
-    if cfg.generator != "resnet":
-        pytest.skip("one generator is enough to check XLA (compiling takes a while)")
     photo, monet = _inputs()
     gan = _gan(cfg, weights, jit_compile=True)
     _assert_losses_close(_step(gan, photo, monet), want, rtol=1e-4)
