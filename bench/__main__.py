@@ -55,8 +55,8 @@ def _sizes(text: str | None, default: list[int]) -> list[int]:
     return [int(s) for s in text.split(",") if s] if text is not None else default
 
 
-def flags(args) -> list[str]:
-    """The flags that shape results, for the 'command' column."""
+def flags(args, sizes: bool = True) -> list[str]:
+    """The flags that shape results, for the 'command' column (`sizes`: with --sizes)."""
     out = []
     if args.full:
         out.append("--full")
@@ -64,7 +64,9 @@ def flags(args) -> list[str]:
         out.append("--gpu")
     for name in ("sizes", "xla_sizes", "ablation_sizes"):
         value = getattr(args, name)
-        if value and not (name == "sizes" and value == "64,128,256"):
+        if name == "sizes" and not sizes:
+            continue
+        if value is not None and not (name == "sizes" and value == "64,128,256"):
             out += [f"--{name.replace('_', '-')}", value]
     if args.batch != 1:
         out += ["--batch", str(args.batch)]
@@ -82,6 +84,49 @@ def _load() -> str:
         return "?"
 
 
+def _train_sizes(sizes: list[int], args, command: str) -> tuple[list, dict]:
+    from bench import peak, train_step
+
+    measured = peak.measure(reps=5)
+    # XLA on CPU is slower and compiles for minutes at 256 px: quick runs try it at 64 px
+    xla = _sizes(args.xla_sizes, sizes if args.full or args.gpu else [64])
+    abl = _sizes(args.ablation_sizes, sizes if args.full else [64, 128])
+    rows, infos = [], []
+    for size in sizes:
+        vs = train_step.variants(args.gpu, ablations=size in abl, jit=size in xla)
+        rounds = args.rounds or (5 if args.full or size <= 64 else 3)
+        steps = (4 if size <= 64 else 2) if args.full else (2 if size <= 64 else 1)
+        r, info = train_step.run_size(size, args.batch, vs, rounds, steps, command)
+        rows += r
+        infos.append(info)
+    again = peak.measure(reps=3)  # the peak is the better of a measurement before and after
+    measured = {k: max(v, again[k]) for k, v in measured.items()}
+    return peak.rows(measured, command) + rows, {"peak": measured, "sizes": infos}
+
+
+def _train_parts(sizes: list[int], args, command: str) -> tuple[list, dict]:
+    from bench import peak
+    from bench.common import RESULTS
+
+    rows, infos, measured = [], [], {}
+    other = flags(args, sizes=False)
+    for size in sizes:
+        env = {**os.environ, "BENCH_TRAIN_PART": "1", "BENCH_COMMAND": command}
+        argv = [sys.executable, "-m", "bench", "train", "--child", *other, "--sizes", str(size)]
+        subprocess.run(argv, cwd=REPO, env=env, check=True)
+        part_file = RESULTS / f"train_part_{size}.json"
+        part = json.loads(part_file.read_text())
+        part_file.unlink()
+        rows += [r for r in part["rows"] if r["bench"] == "train"]
+        infos += part["extra"]["sizes"]
+        for key, value in part["extra"]["peak"].items():
+            measured[key] = max(measured.get(key, 0.0), value)
+    from bench.common import Row
+
+    rows = [Row(**r) for r in rows]
+    return peak.rows(measured, command) + rows, {"peak": measured, "sizes": infos}
+
+
 def run_one(name: str, args) -> None:
     command = command_line([name, *flags(args)])
     load_start = _load()
@@ -94,30 +139,14 @@ def run_one(name: str, args) -> None:
         measured = peak.measure(reps=5 if args.full else 3)
         rows, extra = peak.rows(measured, command), {"peak": measured}
     elif name == "train":
-        from bench import peak, train_step
-
-        measured = peak.measure(reps=5)
         sizes = [int(s) for s in args.sizes.split(",")]
-        # XLA on CPU is slower and compiles for minutes at 256 px: quick runs try it at 64 px
-        xla = _sizes(args.xla_sizes, sizes if args.full or args.gpu else [64])
-        abl = _sizes(args.ablation_sizes, sizes if args.full else [64, 128])
-        rows, infos = [], []
-        for size in sizes:
-            vs = train_step.variants(args.gpu, ablations=size in abl, jit=size in xla)
-            rounds = args.rounds or (5 if args.full or size <= 64 else 3)
-            steps = (4 if size <= 64 else 2) if args.full else (2 if size <= 64 else 1)
-            r, info = train_step.run_size(size, args.batch, vs, rounds, steps, command)
-            rows += r
-            infos.append(info)
-            save(
-                "train",
-                rows,
-                {"peak": measured, "sizes": infos, "load": f"{load_start} → {_load()}"},
-            )
-        again = peak.measure(reps=3)  # the peak is the better of a measurement before and after
-        measured = {k: max(v, again[k]) for k, v in measured.items()}
-        rows = peak.rows(measured, command) + rows
-        extra = {"peak": measured, "sizes": infos}
+        if os.environ.get("BENCH_TRAIN_PART") or len(sizes) == 1:
+            rows, extra = _train_sizes(sizes, args, os.environ.get("BENCH_COMMAND", command))
+            if os.environ.get("BENCH_TRAIN_PART"):
+                save(f"train_part_{sizes[0]}", rows, extra)
+                return
+        else:  # one process per size: memory is returned between sizes
+            rows, extra = _train_parts(sizes, args, command)
     elif name == "frechet":
         from bench import frechet
 

@@ -95,6 +95,8 @@ def save(name: str, rows: list[Row], extra: dict | None = None) -> Path:
 def load_all() -> dict[str, dict]:
     out = {}
     for path in sorted(RESULTS.glob("*.json")):
+        if path.name.startswith("train_part_"):  # a per-size piece of a running train benchmark
+            continue
         data = json.loads(path.read_text())
         out[data["bench"]] = data
     return out

@@ -232,6 +232,7 @@ def run_size(
             f"{size}px {v.name}: built + checked in {info['compile_s'][v.name]:.1f}s, "
             f"loss rel. diff {max(info['loss_check'][v.name].values()):.2e}"
         )
+    seed.initial_weights = None  # every variant has its copy
     runners["seed step (baseline)"] = seed
     for name in runners_order:  # trace/compile + one warm step each
         t0 = time.perf_counter()
