@@ -731,7 +731,9 @@ def find_checkov() -> str | None:
 def test_checkov_finds_nothing_unwaived():
     checkov = find_checkov()
     if checkov is None:  # `make test` installs it; a missing checkov is a failure, not a skip
-        pytest.fail("checkov not installed: run `bash infra/scripts/install-checkov.sh` (make test does)")
+        pytest.fail(
+            "checkov not installed: run `bash infra/scripts/install-checkov.sh` (make test does)"
+        )
     env = {**os.environ, "PATH": f"{Path(kubectl()).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}  # fmt: skip
     proc = subprocess.run(

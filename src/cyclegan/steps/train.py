@@ -187,7 +187,10 @@ def run(cfg: Config, data_dir: str | Path, out_dir: str | Path, progress: bool =
     finally:
         bar.close()
         signal.signal(signal.SIGTERM, previous)
-    if manager.latest_checkpoint is None or int(manager.latest_checkpoint.rsplit("-", 1)[1]) != step:
+    if (
+        manager.latest_checkpoint is None
+        or int(manager.latest_checkpoint.rsplit("-", 1)[1]) != step
+    ):
         manager.save(checkpoint_number=step)
     _write_history(history_path, history)
     if step < total_steps:  # stopped early on request (max_steps)
