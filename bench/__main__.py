@@ -94,7 +94,7 @@ def _train_sizes(sizes: list[int], args, command: str) -> tuple[list, dict]:
     rows, infos = [], []
     for size in sizes:
         vs = train_step.variants(args.gpu, ablations=size in abl, jit=size in xla)
-        rounds = args.rounds or (5 if args.full or size <= 64 else 3)
+        rounds = args.rounds or (5 if args.full or size <= 128 else 3)
         steps = (4 if size <= 64 else 2) if args.full else (2 if size <= 64 else 1)
         r, info = train_step.run_size(size, args.batch, vs, rounds, steps, command)
         rows += r
