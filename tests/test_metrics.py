@@ -46,6 +46,23 @@ def test_fid_equals_the_sqrtm_reference_on_full_rank_features():
     assert fid(f1, f1) == pytest.approx(0.0, abs=1e-8)
 
 
+def test_fid_with_dead_features_more_images_than_dims_equals_the_reference():
+    # Inception pool features can have channels that are always 0 (dead ReLUs): a covariance
+    # is then singular even with more images than dimensions, and Cholesky of it fails.
+    rng = np.random.default_rng(5)
+    d = 48
+    mix = rng.normal(size=(d, d)) / np.sqrt(d)
+    f1 = rng.normal(size=(300, d)) @ mix
+    f2 = rng.normal(size=(250, d)) @ mix * 0.8 - 0.1
+    f1[:, 3] = 0.0  # S1 singular, S2 positive definite
+    assert fid(f1, f2) == pytest.approx(sqrtm_reference(f1, f2), rel=1e-6)
+    assert fid(f2, f1) == pytest.approx(sqrtm_reference(f1, f2), rel=1e-6)
+    f2[:, 3] = 0.25  # both singular: the dead column only adds its mean difference
+    live = np.arange(d) != 3
+    expected = sqrtm_reference(f1[:, live], f2[:, live]) + 0.25**2
+    assert fid(f1, f2) == pytest.approx(expected, rel=1e-6)
+
+
 def test_fid_rank_deficient_like_300_monet_vs_2048_dims_is_finite_and_close():
     rng = np.random.default_rng(3)
     d = 2048

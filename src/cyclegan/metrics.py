@@ -33,14 +33,37 @@ def _centered(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mu, (x - mu) / np.sqrt(x.shape[0] - 1)
 
 
-def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """tr sqrt(S1 S2) for symmetric PSD S1, S2, exactly: the eigenvalues of the symmetric
-    similar matrix sqrt(S1) S2 sqrt(S1), negative round-off clipped (no scipy.linalg.sqrtm)."""
+def _eigen_route(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """tr sqrt(S1 S2) from the symmetric similar matrix sqrt(S1) S2 sqrt(S1); any PSD S1."""
     w, v = np.linalg.eigh(sigma1)
     root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     m = root1 @ sigma2 @ root1
     eig = np.linalg.eigvalsh((m + m.T) * 0.5)
     return float(np.sqrt(np.clip(eig, 0, None)).sum())
+
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, lower_only: bool = False) -> float:
+    """tr sqrt(S1 S2) for symmetric PSD S1, S2, exactly, without scipy.linalg.sqrtm.
+
+    The eigenvalues of S1 S2 are those of the symmetric L^T S2 L with S1 = L L^T (Cholesky):
+    LAPACK's generalized eigensolver (sygv, type 3) does exactly that, values only, reading one
+    triangle of each matrix. Negative round-off is clipped. If neither matrix is positive
+    definite (dead features, duplicated rows), the eigen route through sqrt(S1) is used.
+    `lower_only`: only the lower triangles hold data (covariances from syrk).
+    """
+    from scipy.linalg import LinAlgError, eigh
+
+    for a, b in ((sigma2, sigma1), (sigma1, sigma2)):  # b must be positive definite
+        try:
+            eig = eigh(a, b, type=3, lower=True, eigvals_only=True, driver="gv",
+                       check_finite=False)  # fmt: skip
+        except LinAlgError:
+            continue
+        return float(np.sqrt(np.clip(eig, 0, None)).sum())
+    if lower_only:
+        sigma1 = np.tril(sigma1) + np.tril(sigma1, -1).T
+        sigma2 = np.tril(sigma2) + np.tril(sigma2, -1).T
+    return _eigen_route(sigma1, sigma2)
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
@@ -53,13 +76,21 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return float(max(value, 0.0))
 
 
+def _covariance_lower(a: np.ndarray) -> np.ndarray:
+    """A^T A, lower triangle only (BLAS syrk: half a matrix product; A.T is read in place)."""
+    from scipy.linalg import blas
+
+    return blas.dsyrk(1.0, a.T, lower=1)
+
+
 def fid(features1: np.ndarray, features2: np.ndarray) -> float:
     """FID of two feature sets (covariances with N-1), exact.
 
     With A_i the centred rows / sqrt(N_i - 1), S_i = A_i^T A_i, and the non-zero eigenvalues of
     S1 S2 are the squared singular values of A1 A2^T: tr sqrt(S1 S2) = nuclear norm of A1 A2^T.
     That is exact and cheap when a set has fewer images than dimensions (300 Monet paintings vs
-    2048-d features); otherwise the d x d eigen route is used.
+    2048-d features); otherwise the covariances are formed (syrk) and `trace_sqrt_product`
+    takes the Cholesky + symmetric-eigenvalue route.
     """
     mu1, a1 = _centered(features1)
     mu2, a2 = _centered(features2)
@@ -71,7 +102,7 @@ def fid(features1: np.ndarray, features2: np.ndarray) -> float:
     if min(a1.shape[0], a2.shape[0]) < d:
         cross = np.linalg.svd(a1 @ a2.T, compute_uv=False).sum()
     else:
-        cross = trace_sqrt_product(a1.T @ a1, a2.T @ a2)
+        cross = trace_sqrt_product(_covariance_lower(a1), _covariance_lower(a2), lower_only=True)
     return float(max(diff @ diff + traces - 2.0 * cross, 0.0))
 
 
