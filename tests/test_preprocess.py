@@ -145,3 +145,27 @@ def test_input_changed_after_validation_is_a_clear_error(dataset, tmp_path):
     os.replace(tmp_path / "changed" / "img7000.jpg", tmp_path / "photos" / "img0003.jpg")
     with pytest.raises(preprocess.InputChangedError, match="img0003.jpg' changed after validation"):
         preprocess.run(cfg, tmp_path / "validate", tmp_path / "data", progress=False)
+
+
+def test_large_jpegs_decode_at_reduced_scale_and_look_the_same(tmp_path):
+    """A 2400x1800 photo bound for 64 px is decoded at 1/4 scale (>= 4x the output size), and
+    the resized image matches a full-resolution bicubic resize to a fraction of a level."""
+    from cyclegan.data.images import open_rgb
+    from cyclegan.data.sample import source_photos
+
+    photo = Image.open(source_photos()[0]).convert("RGB").resize((2400, 1800), Image.BICUBIC)
+    path = tmp_path / "big.jpg"
+    photo.save(path, quality=95)
+    size = 64
+
+    drafted = open_rgb(path, min_side=preprocess.DECODE_GAP * size)
+    assert drafted.size == (600, 450)  # 1/4 scale: both sides still >= 256
+    assert open_rgb(path).size == (2400, 1800)  # without min_side: full resolution
+    ours = preprocess.resize(drafted, size, "center_crop")
+    full = open_rgb(path).crop((300, 0, 2100, 1800)).resize((size, size), Image.BICUBIC)
+    diff = np.abs(np.asarray(ours, np.float64) - np.asarray(full, np.float64))
+    assert diff.mean() < 0.5, diff.mean()  # of 255 levels (the JPEG encode adds ~1-4)
+
+    buf = io.BytesIO()
+    ours.save(buf, format="JPEG", quality=95)  # encode_image is this exact path
+    assert preprocess.encode_image(str(path), size, "center_crop", 95) == buf.getvalue()

@@ -64,9 +64,16 @@ def list_images(root: str | Path) -> list[Path]:
     )
 
 
-def open_rgb(path: str | Path | io.BytesIO) -> Image.Image:
-    """Open an accepted image the one way every step does: EXIF orientation applied, RGB."""
+def open_rgb(path: str | Path | io.BytesIO, min_side: int | None = None) -> Image.Image:
+    """Open an accepted image the one way every step does: EXIF orientation applied, RGB.
+
+    `min_side`: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, PIL's
+    `draft`, as `Image.thumbnail` does) while both sides stay >= min_side: a 12 MP photo bound
+    for 256 px decodes several times faster, and the final resize still has >= min_side px.
+    """
     with Image.open(path) as img:
+        if min_side and img.format == "JPEG":
+            img.draft(None, (min_side, min_side))
         return ImageOps.exif_transpose(img).convert("RGB")
 
 
