@@ -72,12 +72,20 @@ NOTES = """\
   well under 1% of them. Data: 1000 generated 512 px JPEGs (crops of the photos shipped with
   scikit-image / scikit-learn) run through validate + preprocess (256 px shards), then
   `unpaired_batches` with the paper's jitter (resize 286, random crop 256, flip).
-- **Preprocess scaling** needs more than one core free: on this shared 2-core machine the parent
-  process (protobuf, TFRecord writing, hashing) and two workers compete with other jobs.
+- **Preprocess scaling** needs more than one core free: the note gives this machine's own
+  ceiling, measured in the same run: the same `encode_image` calls split over two bare,
+  already-started processes vs one. When other jobs share the cores that ceiling drops (to
+  ~1.0x under one busy neighbour), and the pipeline's ratio with it. Workers take 8 images per
+  task; the parent only serializes, writes and hashes (~3% of the 1-worker time).
+- **Large photos** (the 12 MP row): JPEGs are decoded at 1/2-1/8 DCT scale as long as both
+  sides stay >= 4x the output size (PIL `draft`, as `Image.thumbnail` does), so the bicubic
+  resize is as close to a full-resolution one as before (< 0.5 levels of 255, tested).
 - **Fréchet**: metrics.fid is exact in both cases; at 7000 vs 300 the sqrtm result itself is
-  the less accurate one (Σ1Σ2 is singular: rank ≤ 299). The candidate row shows that the
-  ≥ 10× target is within reach for n > d (syrk, Cholesky, triangular products, eigenvalues
-  only); moving it into cyclegan/metrics.py is left to that file's owner.
+  the less accurate one (Σ1Σ2 is singular: rank ≤ 299). For n < d it takes the nuclear norm of
+  the small cross product A1 A2ᵀ; for n ≥ d the covariances by BLAS syrk (half a product) and
+  tr sqrt(Σ1Σ2) from LAPACK's generalized symmetric eigensolver (sygv type 3: Cholesky of Σ1,
+  Lᵀ Σ2 L, eigenvalues only). Its floor at 5000 vs 5000 is the two syrks (~0.45 s) plus the
+  tridiagonal reduction (~0.3 s) on 2 cores; sqrtm's Schur form costs ~10 s.
 - **XLA on CPU** compiles convolutions to Eigen rather than oneDNN and is slower here (and
   compiles for minutes at 256 px); it stays an option (`train.jit_compile`) for GPUs. With
   several devices only each replica's losses and gradients are compiled.
