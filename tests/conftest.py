@@ -116,6 +116,24 @@ def pipeline_outputs(tmp_path_factory, tiny_config, sample_dirs) -> dict[str, Pa
     return outs
 
 
+@pytest.fixture(scope="session")
+def fid_outputs(tmp_path_factory, tiny_config, pipeline_outputs) -> dict[str, Path]:
+    """train with the FID curve on (train.fid_every_epochs=1), then evaluate, on the tiny data,
+    once per session; otherwise the settings of pipeline_outputs."""
+    from cyclegan.steps import evaluate, train
+
+    cfg = tiny_config(train__fid_every_epochs=1)
+    root = tmp_path_factory.mktemp("fid")
+    outs = {
+        "data": pipeline_outputs["data"],
+        "train": root / "train",
+        "evaluate": root / "evaluate",
+    }
+    train.run(cfg, outs["data"], outs["train"], progress=False)
+    evaluate.run(cfg, outs["data"], outs["train"], outs["evaluate"])
+    return outs
+
+
 @pytest.fixture
 def mlflow_uri(tmp_path, monkeypatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -29,6 +29,14 @@ def test_paper_params_file_is_valid_and_paper_scale():
     )
 
 
+def test_fid_curve_is_off_by_default_and_on_at_paper_scale():
+    assert load_config(REPO / "params.yaml").train.fid_every_epochs == 0
+    assert load_config(REPO / "params" / "paper.yaml").train.fid_every_epochs == 10
+    assert (
+        load_config(REPO / "params.yaml", ["train.fid_every_epochs=5"]).train.fid_every_epochs == 5
+    )
+
+
 def test_override_changes_one_value_with_yaml_typing():
     cfg = load_config(REPO / "params.yaml", ["train.epochs=3", "train.flip=false", "train.lr=1e-3"])
     assert cfg.train.epochs == 3 and cfg.train.flip is False and cfg.train.lr == pytest.approx(1e-3)
@@ -48,6 +56,8 @@ def test_override_changes_one_value_with_yaml_typing():
             "'preprocess.image_size' = 30 must be >= 16 and a multiple of 4",
         ),
         ("validate.formats=JPEG", "'validate.formats' must be list"),
+        ("train.fid_every_epochs=-1", "'train.fid_every_epochs' = -1 must be >= 0"),
+        ("train.fid_every_epochs=2.5", "'train.fid_every_epochs' must be int"),
         ("train.epochs", "must look like section.key=value"),
     ],
 )

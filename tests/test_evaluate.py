@@ -88,3 +88,22 @@ def test_submit_writes_a_valid_kaggle_zip(pipeline_outputs, sample_dirs, tmp_pat
                 image = Image.open(fh)
                 image.load()
             assert image.format == "JPEG" and image.size == (256, 256) and image.mode == "RGB"
+
+
+def test_fid_scorer_nan_generator_output_is_nan_not_an_error(tiny_config, pipeline_outputs):
+    """The FID curve must not stop training on a broken G: score() says NaN, never raises."""
+    import keras
+
+    ecfg = tiny_config().evaluate
+    extractor = metrics.load_extractor(ecfg.extractor, ecfg.inception_weights, ecfg.input_size)
+    scorer = evaluate.FidScorer.load(pipeline_outputs["data"], 32, extractor, ecfg.batch_size)
+    assert np.all(np.isfinite(scorer.painting_features))
+    broken = keras.Sequential(
+        [keras.Input((None, None, 3)), keras.layers.Lambda(lambda x: x * np.nan)]
+    )
+    value, generated = scorer.score(broken)
+    assert np.isnan(value) and len(generated) == scorer.n_photo
+    G, _, _ = evaluate.load_generators(pipeline_outputs["train"])
+    value, _ = scorer.score(G)
+    m = json.loads((pipeline_outputs["evaluate"] / "metrics.json").read_text())
+    assert value == pytest.approx(m["fid"], rel=1e-6) and m["extractor"] == extractor.name

@@ -109,6 +109,9 @@ def test_register_step_logs_everything_to_the_server(
     assert len(history) == len(rows)
     assert [m.step for m in history] == [int(r.split(",")[0]) for r in rows]
     assert client.get_metric_history(result.run_id, "epoch.gen_total")
+    # The FID curve was off (header-only fid.csv): no train.fid history, no fid.csv artifact.
+    assert client.get_metric_history(result.run_id, "train.fid") == []
+    assert "train/fid.csv" not in {a.path for a in client.list_artifacts(result.run_id, "train")}
     fid = json.loads((o["evaluate"] / "metrics.json").read_text())["fid"]
     assert run.data.metrics["fid"] == pytest.approx(fid)
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "evaluate")}
@@ -128,6 +131,28 @@ def test_register_step_logs_everything_to_the_server(
     )
     assert again.version == result.version  # idempotent: no duplicate version
     assert len(client.search_model_versions("name = 'monet-e2e'")) == 1
+
+
+def test_register_logs_the_fid_curve_as_metric_history(
+    mlflow_uri, tiny_config, fid_outputs, tmp_path
+):
+    import csv
+
+    from mlflow import MlflowClient
+
+    from cyclegan.steps import register
+
+    cfg = tiny_config(register__model_name="monet-fid-curve")
+    o = fid_outputs
+    result = register.run(cfg, o["train"], o["evaluate"], tmp_path / "reg")
+    with (o["train"] / "fid.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows
+    client = MlflowClient(mlflow_uri)
+    history = client.get_metric_history(result.run_id, "train.fid")
+    assert [m.step for m in history] == [int(r["step"]) for r in rows]
+    np.testing.assert_allclose([m.value for m in history], [float(r["fid"]) for r in rows])
+    assert "train/fid.csv" in {a.path for a in client.list_artifacts(result.run_id, "train")}
 
 
 def test_registered_pyfunc_translates_odd_sizes_in_a_fresh_process(

@@ -269,3 +269,62 @@ def test_nan_loss_stops_training_naming_the_step_and_keeps_the_last_checkpoint(
     )
     assert kept and max(kept) == bad_step - 1  # the diverged step was not saved
     assert not (tmp_path / "nan/export").exists()
+
+
+def _fid_rows(train_dir: Path) -> list[dict]:
+    import csv
+
+    with (train_dir / "fid.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_fid_curve_every_epoch_ends_at_the_evaluate_steps_fid(fid_outputs, pipeline_outputs):
+    rows = _fid_rows(fid_outputs["train"])
+    metrics = json.loads((fid_outputs["evaluate"] / "metrics.json").read_text())
+    manifest = json.loads((fid_outputs["train"] / "export/manifest.json").read_text())
+    epochs = manifest["params"]["epochs"] + manifest["params"]["epochs_decay"]
+    assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))  # one row per epoch
+    steps = [int(r["step"]) for r in rows]
+    assert steps[-1] == manifest["steps"] and steps == [steps[0] * e for e in range(1, epochs + 1)]
+    assert all(np.isfinite(float(r["fid"])) and float(r["fid"]) >= 0 for r in rows)
+    assert {r["extractor"] for r in rows} == {metrics["extractor"]}
+    assert metrics["extractor"].startswith("keras:tiny_features.keras:")
+    # The same scorer as the evaluate step: G(held-out photos) vs all paintings.
+    assert float(rows[-1]["fid"]) == pytest.approx(metrics["fid"], rel=1e-6)
+    # Monitoring changes nothing in training: same losses as the run with the curve off.
+    on, off = ((d / "losses.csv").read_text().splitlines() for d in
+               (fid_outputs["train"], pipeline_outputs["train"]))  # fmt: skip
+    assert len(on) == len(off) and on[0] == off[0]
+    for a, b in zip(on[1:], off[1:], strict=True):
+        np.testing.assert_allclose(
+            [float(x) for x in a.split(",")], [float(x) for x in b.split(",")], rtol=1e-4
+        )
+
+
+def test_fid_curve_is_off_by_default_header_only(pipeline_outputs):
+    assert (pipeline_outputs["train"] / "fid.csv").read_text() == "step,epoch,fid,extractor\n"
+
+
+def test_fid_curve_survives_resume_without_duplicates(tiny_config, fid_outputs, tmp_path):
+    """Interrupted at an epoch's end with the curve off (the checkpoint is kept when it is
+    turned on: monitoring is not part of the resume fingerprint; the missed boundary is scored
+    on resume), then mid-epoch, then run to the end: the rows of an uninterrupted run."""
+    from cyclegan.steps import train
+
+    straight = _fid_rows(fid_outputs["train"])
+    per_epoch = int(straight[0]["step"])
+    out = tmp_path / "resumed"
+    first = train.run(tiny_config(), fid_outputs["data"], out, progress=False, max_steps=per_epoch)
+    assert first.steps == per_epoch and _fid_rows(out) == []
+    on = tiny_config(train__fid_every_epochs=1)
+    second = train.run(on, fid_outputs["data"], out, progress=False, max_steps=per_epoch + 3)
+    assert second.resumed_from == per_epoch
+    assert [int(r["step"]) for r in _fid_rows(out)] == [per_epoch]
+    third = train.run(on, fid_outputs["data"], out, progress=False)
+    assert third.resumed_from == per_epoch + 3
+    resumed = _fid_rows(out)
+    assert [(r["step"], r["epoch"], r["extractor"]) for r in resumed] == [
+        (r["step"], r["epoch"], r["extractor"]) for r in straight
+    ]
+    np.testing.assert_allclose([float(r["fid"]) for r in resumed],
+                               [float(r["fid"]) for r in straight], rtol=1e-6)  # fmt: skip

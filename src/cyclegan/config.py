@@ -84,6 +84,7 @@ class TrainConfig:
     strategy: Literal["default", "mirrored", "multi_worker"]
     checkpoint_every: int
     log_every: int
+    fid_every_epochs: int  # 0 = off; N = FID of G(held-out photos) every N epochs (fid.csv)
     deterministic: bool
     fuse_calls: bool
     jit_compile: bool
@@ -148,6 +149,9 @@ _CHECKS = {
     "train.lr": lambda v: v > 0 or "must be > 0",
     "train.checkpoint_every": lambda v: v >= 1 or "must be >= 1",
     "train.log_every": lambda v: v >= 1 or "must be >= 1",
+    "train.fid_every_epochs": lambda v: (
+        v >= 0 or "must be >= 0 (0 turns the FID curve off, N computes it every N epochs)"
+    ),
     "evaluate.batch_size": lambda v: v >= 1 or "must be >= 1",
 }
 

@@ -102,9 +102,32 @@ def log_metric_history(client, run_id: str, rows: Iterable[dict], batch: int = 1
         for k, values in columns.items():
             metrics.append(Metric(key=f"epoch.{k}", value=sum(values) / len(values),
                                   timestamp=now, step=epoch))  # fmt: skip
+    _log_batches(client, run_id, metrics, batch)
+    return len(metrics)
+
+
+def log_fid_history(client, run_id: str, rows: Iterable[dict], batch: int = 1000) -> int:
+    """Log the train step's FID curve (fid.csv rows) as `train.fid`, step = global step.
+    Rows without a finite FID (recorded empty) are left out."""
+    import math
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = []
+    for row in rows:
+        value = float(row["fid"]) if str(row.get("fid") or "").strip() else math.nan
+        if math.isfinite(value):
+            metrics.append(Metric(key="train.fid", value=value, timestamp=now,
+                                  step=int(row["step"])))  # fmt: skip
+    _log_batches(client, run_id, metrics, batch)
+    return len(metrics)
+
+
+def _log_batches(client, run_id: str, metrics: list, batch: int) -> None:
     for i in range(0, len(metrics), batch):
         client.log_batch(run_id, metrics=metrics[i : i + batch])
-    return len(metrics)
 
 
 def log_generator(saved_model_dir: str | Path, size_multiple: int, name: str = "generator",

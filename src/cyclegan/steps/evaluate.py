@@ -6,11 +6,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from cyclegan.config import Config
+from cyclegan.metrics import FeatureExtractor
 from cyclegan.storage import atomic_path, read_manifest, write_json
 
 METRICS_JSON = "metrics.json"
@@ -37,10 +39,94 @@ def load_generators(train_dir: str | Path):
 
 
 def _translate(model, images: np.ndarray, batch_size: int) -> np.ndarray:
-    return np.concatenate(
-        [np.asarray(model(images[i : i + batch_size], training=False))
-         for i in range(0, len(images), batch_size)]
-    )  # fmt: skip
+    batches = (images[i : i + batch_size] for i in range(0, len(images), batch_size))
+    return np.concatenate(list(_translated(model, batches)))
+
+
+def _translated(model, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    for batch in batches:
+        yield np.asarray(model(batch, training=False))
+
+
+def _head(batches: Iterable[np.ndarray], n: int) -> np.ndarray:
+    """The first `n` images of a stream of batches."""
+    out, have = [], 0
+    for batch in batches:
+        if have >= n:
+            break
+        out.append(batch[: n - have])
+        have += len(out[-1])
+    return np.concatenate(out)
+
+
+def small_sample_note(n_generated: int, n_real: int, dims: int) -> str | None:
+    """The warning for an FID from fewer images than feature dimensions, or None."""
+    if min(n_generated, n_real) >= dims:
+        return None
+    return (f"FID from {n_generated} generated and {n_real} real images with {dims}-d "
+            f"features is biased upward: compare only runs with the same image counts")  # fmt: skip
+
+
+@dataclasses.dataclass
+class FidScorer:
+    """FID(G(held-out photos), all paintings) with one feature extractor: the evaluate step's
+    FID, and the train step's FID curve (train.fid_every_epochs) through the same code.
+
+    Held-out photos are the preprocess output's photo/test shards, paintings every monet shard.
+    The paintings' features are computed once, in `load`; each `score(G)` streams the photos
+    through G and the extractor batch by batch (nothing image-sized is kept in memory).
+    """
+
+    extractor: FeatureExtractor
+    photo_files: list[str]
+    monet_files: list[str]
+    n_photo: int
+    image_size: int
+    batch_size: int
+    painting_features: np.ndarray | None = None
+
+    @classmethod
+    def load(cls, data_dir: str | Path, image_size: int, extractor: FeatureExtractor,
+             batch_size: int) -> FidScorer:  # fmt: skip
+        from cyclegan.steps.preprocess import shard_files
+
+        photo_files, n_photo = shard_files(data_dir, "photo", "test")
+        monet_files = sum((shard_files(data_dir, "monet", s)[0] for s in ("train", "test")), [])
+        if n_photo < 2:
+            raise ValueError(
+                f"'{data_dir}' holds {n_photo} held-out photos; FID needs at least 2 "
+                f"(raise preprocess.test_fraction or add photos)"
+            )
+        scorer = cls(extractor, photo_files, monet_files, n_photo, image_size, batch_size)
+        scorer.painting_features = scorer.features(scorer.painting_batches())
+        if not np.all(np.isfinite(scorer.painting_features)):
+            raise ValueError(f"extractor {extractor.name} gives NaN/Inf features for the "
+                             f"paintings in '{data_dir}'; the extractor is broken")  # fmt: skip
+        return scorer
+
+    def _batches(self, files: list[str]) -> Iterator[np.ndarray]:
+        from cyclegan.data.pipeline import eval_images
+
+        return eval_images(files, self.image_size, self.batch_size).as_numpy_iterator()
+
+    def photo_batches(self) -> Iterator[np.ndarray]:
+        """Held-out photos at the training size, [-1, 1], in batches of `batch_size`."""
+        return self._batches(self.photo_files)
+
+    def painting_batches(self) -> Iterator[np.ndarray]:
+        return self._batches(self.monet_files)
+
+    def features(self, batches: Iterable[np.ndarray]) -> np.ndarray:
+        return self.extractor.features(batches)
+
+    def score(self, G) -> tuple[float, np.ndarray]:
+        """(FID, features of G(photos)); the FID is NaN when G's output is not finite."""
+        from cyclegan.metrics import fid
+
+        generated = self.features(_translated(G, self.photo_batches()))
+        if not np.all(np.isfinite(generated)):
+            return math.nan, generated
+        return fid(generated, self.painting_features), generated
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -70,45 +156,23 @@ def run(cfg: Config, data_dir: str | Path, train_dir: str | Path, out_dir: str |
     """`extractor`: a FeatureExtractor to use instead of the one params name (tests)."""
     from PIL import Image
 
-    from cyclegan.data.pipeline import eval_images
     from cyclegan.metrics import fid, kid, load_extractor, mifid
-    from cyclegan.steps.preprocess import shard_files
 
     ecfg = cfg.evaluate
     G, F, train_manifest = load_generators(train_dir)
     image_size = int(train_manifest["image_size"])
-    photo_files, n_photo = shard_files(data_dir, "photo", "test")
-    monet_files = sum((shard_files(data_dir, "monet", s)[0] for s in ("train", "test")), [])
-    if n_photo < 2:
-        raise ValueError(
-            f"'{data_dir}' holds {n_photo} held-out photos; FID needs at least 2 "
-            f"(raise preprocess.test_fraction or add photos)"
-        )
-    photos = np.concatenate(
-        list(eval_images(photo_files, image_size, ecfg.batch_size).as_numpy_iterator())
-    )
-    paintings = np.concatenate(
-        list(eval_images(monet_files, image_size, ecfg.batch_size).as_numpy_iterator())
-    )
-    generated = _translate(G, photos, ecfg.batch_size)
-
     extractor = extractor or load_extractor(ecfg.extractor, ecfg.inception_weights, ecfg.input_size)
-
-    def feats(images):
-        return extractor.features(
-            images[i : i + ecfg.batch_size] for i in range(0, len(images), ecfg.batch_size)
-        )
-
-    f_photo, f_gen, f_paint = feats(photos), feats(generated), feats(paintings)
-    dims = f_gen.shape[1]
+    scorer = FidScorer.load(data_dir, image_size, extractor, ecfg.batch_size)
+    fid_value, f_gen = scorer.score(G)
+    if not math.isfinite(fid_value):
+        raise RuntimeError("FID came out NaN/Inf; the generator output is broken (see the grid)")
+    f_paint = scorer.painting_features
+    f_photo = scorer.features(scorer.photo_batches())
     notes = []
-    if min(len(f_gen), len(f_paint)) < dims:
-        notes.append(
-            f"FID from {len(f_gen)} generated and {len(f_paint)} real images with {dims}-d "
-            f"features is biased upward: compare only runs with the same image counts"
-        )
-        warnings.warn(notes[-1], stacklevel=2)
-    fid_value = fid(f_gen, f_paint)
+    note = small_sample_note(len(f_gen), len(f_paint), f_gen.shape[1])
+    if note:
+        notes.append(note)
+        warnings.warn(note, stacklevel=2)
     baseline = fid(f_photo, f_paint)
     kid_mean, kid_std = kid(f_gen, f_paint, ecfg.kid_subsets, ecfg.kid_subset_size)
     metrics = {
@@ -124,12 +188,13 @@ def run(cfg: Config, data_dir: str | Path, train_dir: str | Path, out_dir: str |
         "train_steps": int(train_manifest["steps"]),
         "notes": notes,
     }
-    if metrics["fid"] is None:
-        raise RuntimeError("FID came out NaN/Inf; the generator output is broken (see the grid)")
 
-    rows_n = min(ecfg.grid_rows, len(photos), len(paintings))
-    cycled = _translate(F, generated[:rows_n], ecfg.batch_size)
-    fake_photos = _translate(F, paintings[:rows_n], ecfg.batch_size)
+    rows_n = min(ecfg.grid_rows, len(f_gen), len(f_paint))
+    photos = _head(scorer.photo_batches(), rows_n)
+    paintings = _head(scorer.painting_batches(), rows_n)
+    generated = _translate(G, photos, ecfg.batch_size)
+    cycled = _translate(F, generated, ecfg.batch_size)
+    fake_photos = _translate(F, paintings, ecfg.batch_size)
     cycled_paint = _translate(G, fake_photos, ecfg.batch_size)
     grid = sample_grid(
         [[photos[i], generated[i], cycled[i], paintings[i], fake_photos[i], cycled_paint[i]]

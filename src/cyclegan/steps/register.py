@@ -69,6 +69,13 @@ def run(cfg: Config, train_dir: str | Path, eval_dir: str | Path, out_dir: str |
             with losses_csv.open() as fh:
                 tracking.log_metric_history(client, run_id, csv.DictReader(fh))
             mlflow.log_artifact(str(losses_csv), "train")
+        fid_csv = train_dir / "fid.csv"  # the FID curve, when train.fid_every_epochs was on
+        if fid_csv.is_file():
+            with fid_csv.open() as fh:
+                fid_rows = list(csv.DictReader(fh))
+            if fid_rows:
+                tracking.log_fid_history(client, run_id, fid_rows)
+                mlflow.log_artifact(str(fid_csv), "train")
         numeric = {k: v for k, v in metrics.items()
                    if isinstance(v, int | float) and not isinstance(v, bool)}  # fmt: skip
         mlflow.log_metrics(numeric)

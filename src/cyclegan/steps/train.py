@@ -15,6 +15,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from cyclegan.config import Config
@@ -23,6 +24,10 @@ from cyclegan.storage import atomic_path, read_manifest, write_json, write_manif
 CKPT_DIR = "checkpoints"
 EXPORT_DIR = "export"
 LOSSES_CSV = "losses.csv"
+FID_CSV = "fid.csv"  # the FID curve (train.fid_every_epochs): one row per scored epoch
+FID_FIELDS = ["step", "epoch", "fid", "extractor"]
+# Settings that watch training without changing it: a resume ignores them.
+MONITORING_KEYS = ("fid_every_epochs",)
 
 
 class TrainingDiverged(RuntimeError):
@@ -44,8 +49,8 @@ class TrainResult:
 def _fingerprint(cfg: Config, data_manifest: dict) -> str:
     import hashlib
 
-    blob = json.dumps({"train": cfg.to_dict()["train"], "data": data_manifest["shards"]},
-                      sort_keys=True)  # fmt: skip
+    train = {k: v for k, v in cfg.to_dict()["train"].items() if k not in MONITORING_KEYS}
+    blob = json.dumps({"train": train, "data": data_manifest["shards"]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -56,11 +61,12 @@ def _read_history(path: Path, up_to_step: int) -> list[dict]:
         return [r for r in csv.DictReader(fh) if int(r["step"]) <= up_to_step]
 
 
-def _write_history(path: Path, rows: list[dict]) -> None:
-    if not rows:
+def _write_history(path: Path, rows: list[dict], fieldnames: list[str] | None = None) -> None:
+    """Write rows as CSV, atomically; with `fieldnames`, a header-only file when no rows."""
+    if not rows and fieldnames is None:
         return
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buf, fieldnames=fieldnames or list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
     write_text(path, buf.getvalue())
@@ -74,6 +80,32 @@ def _is_chief(strategy) -> tuple[bool, int]:
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     chief = task_type == "chief" or (not has_chief and task_type == "worker" and task_id == 0)
     return chief, task_id
+
+
+def _fid_scorer(cfg: Config, data_dir: str | Path, image_size: int):
+    """The evaluate step's FID scorer: its extractor settings, loaded once per run."""
+    from cyclegan.metrics import load_extractor
+    from cyclegan.steps.evaluate import FidScorer, small_sample_note
+
+    ecfg = cfg.evaluate
+    extractor = load_extractor(ecfg.extractor, ecfg.inception_weights, ecfg.input_size)
+    scorer = FidScorer.load(data_dir, image_size, extractor, ecfg.batch_size)
+    n_paint, dims = scorer.painting_features.shape
+    note = small_sample_note(scorer.n_photo, n_paint, dims)
+    if note:
+        warnings.warn(f"train.fid_every_epochs: {note}", stacklevel=3)
+    return scorer
+
+
+def _scoring_generator(gan, cache: dict):
+    """G as the export computes it: float32 (a kept copy, refreshed) after mixed precision."""
+    if gan.cfg.mixed_precision == "none":
+        return gan.G
+    if "G" not in cache:
+        cache["G"] = gan.export_generators()[0]
+    else:
+        cache["G"].set_weights(gan.G.get_weights())
+    return cache["G"]
 
 
 def run(cfg: Config, data_dir: str | Path, out_dir: str | Path, progress: bool = True,
@@ -112,6 +144,13 @@ def run(cfg: Config, data_dir: str | Path, out_dir: str | Path, progress: bool =
         tf.config.experimental.enable_op_determinism()
     strategy = make_strategy(tcfg.strategy)
     chief, task_id = _is_chief(strategy)
+    # The FID curve: only the chief scores (the other workers wait at the next collective).
+    # Loaded before the models and the data, then the seeds again, so that turning it on
+    # changes nothing in training.
+    scorer = None
+    if tcfg.fid_every_epochs and chief:
+        scorer = _fid_scorer(cfg, data_dir, image_size)
+        tf.keras.utils.set_random_seed(tcfg.seed)
     out_dir = Path(out_dir)
     # MultiWorkerMirroredStrategy: every worker saves (collective ops), only the chief's copy
     # is the output; the others write beside it under .worker-N/.
@@ -146,6 +185,29 @@ def run(cfg: Config, data_dir: str | Path, out_dir: str | Path, progress: bool =
 
     history_path = write_dir / LOSSES_CSV
     history = _read_history(history_path, resumed_from)
+    fid_path = write_dir / FID_CSV
+    fid_rows = _read_history(fid_path, resumed_from) if scorer else []
+    _write_history(fid_path, fid_rows, FID_FIELDS)  # exists (header only when off) from now on
+    scoring_cache: dict = {}
+
+    def fid_due(at_step: int) -> bool:
+        if scorer is None or at_step <= 0 or at_step % steps_per_epoch:
+            return False
+        return (at_step // steps_per_epoch) % tcfg.fid_every_epochs == 0 or at_step == total_steps
+
+    def record_fid(at_step: int) -> None:
+        value, _ = scorer.score(_scoring_generator(gan, scoring_cache))
+        if not math.isfinite(value):
+            warnings.warn(f"train: FID is not finite at step {at_step}; recorded as empty",
+                          stacklevel=2)  # fmt: skip
+        fid_rows.append({"step": at_step, "epoch": at_step // steps_per_epoch,
+                         "fid": value if math.isfinite(value) else "",
+                         "extractor": scorer.extractor.name})  # fmt: skip
+        _write_history(fid_path, fid_rows, FID_FIELDS)
+        if bar.disable:
+            print(f"train: step {at_step} epoch {at_step // steps_per_epoch} FID {value:.4g} "
+                  f"({scorer.extractor.name})", file=sys.stderr)  # fmt: skip
+
     # Skip the batches an uninterrupted run would have consumed, so resuming is exact.
     iterator = iter(strategy.experimental_distribute_dataset(dataset.skip(resumed_from)))
     step_fn = distributed_step(strategy, gan)
@@ -157,6 +219,10 @@ def run(cfg: Config, data_dir: str | Path, out_dir: str | Path, progress: bool =
                disable=not (progress and sys.stderr.isatty()))  # fmt: skip
     step, values, started = resumed_from, {}, time.time()
     try:
+        # A resumed boundary without its row (killed while scoring the step it had just
+        # checkpointed, or the curve turned on since): score it now.
+        if fid_due(step) and not any(int(r["step"]) == step for r in fid_rows):
+            record_fid(step)
         while step < target:
             photo, monet = next(iterator)
             values = {k: float(v) for k, v in step_fn(photo, monet).items()}
@@ -184,6 +250,8 @@ def run(cfg: Config, data_dir: str | Path, out_dir: str | Path, progress: bool =
             if stop["sigterm"]:
                 raise Preempted(f"SIGTERM at step {step}: checkpoint saved in {ckpt_dir}; "
                                 f"rerun the same command to resume")  # fmt: skip
+            if fid_due(step):
+                record_fid(step)
     finally:
         bar.close()
         signal.signal(signal.SIGTERM, previous)
