@@ -147,6 +147,14 @@ def copy_tree(src: Path, dst: Path) -> Path:
     return dst
 
 
+def delete_bucket(client, bucket: str) -> None:
+    """Empty and delete an S3 bucket (tests share one moto server for the session)."""
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            client.delete_object(Bucket=bucket, Key=obj["Key"])
+    client.delete_bucket(Bucket=bucket)
+
+
 @pytest.fixture(scope="session")
 def moto_server() -> tuple[str, int]:
     """A real S3 API server on 127.0.0.1 (moto's standalone server), shared by the session."""

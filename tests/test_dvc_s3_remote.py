@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import delete_bucket
+
 DVC = Path(sys.executable).parent / "dvc"
 BUCKET, PREFIX = "dvc", "cyclegan"
 FAKE_KEY, FAKE_SECRET = "testing-key", "testing-secret"  # moto accepts any credentials
@@ -45,10 +47,7 @@ def s3(s3_endpoint):
     )
     client.create_bucket(Bucket=BUCKET)
     yield client
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
-        for obj in page.get("Contents", []):
-            client.delete_object(Bucket=BUCKET, Key=obj["Key"])
-    client.delete_bucket(Bucket=BUCKET)
+    delete_bucket(client, BUCKET)
 
 
 def base_env(tmp_path: Path) -> dict[str, str]:

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from cyclegan.data.ingest import IngestError, S3Options, escapes, ingest
+from tests.conftest import delete_bucket
 
 FAKE_KEY, FAKE_SECRET = "testing-key", "testing-secret"  # moto accepts any credentials
 BUCKET = "datasets"
@@ -313,10 +314,7 @@ def bucket(moto_endpoint, aws_env):
     client = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
     client.create_bucket(Bucket=BUCKET)
     yield client
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
-        for obj in page.get("Contents", []):
-            client.delete_object(Bucket=BUCKET, Key=obj["Key"])
-    client.delete_bucket(Bucket=BUCKET)
+    delete_bucket(client, BUCKET)
 
 
 @pytest.fixture
