@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cyclegan.data.encode import open_rgb  # noqa: F401  (one way to open an image, re-exported)
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png"}
 DOMAINS = ("photo", "monet")
 METADATA_COLUMNS = (
@@ -62,19 +64,6 @@ def list_images(root: str | Path) -> list[Path]:
     return sorted(
         p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
     )
-
-
-def open_rgb(path: str | Path | io.BytesIO, min_side: int | None = None) -> Image.Image:
-    """Open an accepted image the one way every step does: EXIF orientation applied, RGB.
-
-    `min_side`: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, PIL's
-    `draft`, as `Image.thumbnail` does) while both sides stay >= min_side: a 12 MP photo bound
-    for 256 px decodes several times faster, and the final resize still has >= min_side px.
-    """
-    with Image.open(path) as img:
-        if min_side and img.format == "JPEG":
-            img.draft(None, (min_side, min_side))
-        return ImageOps.exif_transpose(img).convert("RGB")
 
 
 def _file_kind(mode: int) -> str:

@@ -21,7 +21,6 @@ import collections
 import concurrent.futures as cf
 import dataclasses
 import hashlib
-import io
 import json
 import multiprocessing
 import os
@@ -29,11 +28,19 @@ import shutil
 import time
 from pathlib import Path
 
-from PIL import Image
 from tqdm import tqdm
 
 from cyclegan.config import Config, PreprocessConfig
-from cyclegan.data.images import DOMAINS, open_rgb
+from cyclegan.data.encode import (  # noqa: F401  (re-exported: the step's API)
+    DECODE_GAP,
+    REDUCING_GAP,
+    InputChangedError,
+    encode_image,
+    encode_images,
+    resize,
+    worker_init,
+)
+from cyclegan.data.images import DOMAINS
 from cyclegan.storage import (
     MANIFEST,
     atomic_path,
@@ -49,14 +56,7 @@ PROGRESS_EVERY_S = 1.0  # `.progress.json` is saved after this many seconds or s
 PROGRESS_EVERY_SHARDS = 8  # kill loses little finished work (and tiny shards stay cheap)
 IN_FLIGHT_SHARDS = 2  # bounded memory: at most this many shards (or IN_FLIGHT_PER_WORKER
 IN_FLIGHT_PER_WORKER = 8  # images per worker, if more) are encoded ahead of the writer
-REDUCING_GAP = 3  # box reduction stops at 3x the output size, the rest is bicubic
-DECODE_GAP = 4  # JPEGs decode at 1/2-1/8 DCT scale down to 4x the output size: as close to a
-# full-resolution bicubic resize as the box reduction (8x8 DC-only decodes closer are softer)
 CHUNK = 8  # images per worker task: fewer inter-process round trips, same bytes
-
-
-class InputChangedError(RuntimeError):
-    """An input file no longer has the content the validate step checked."""
 
 
 @dataclasses.dataclass
@@ -69,51 +69,6 @@ class PreprocessResult:
 def split_of(sha256: str, test_fraction: float) -> str:
     """Stable split from content: the first 8 hex digits as a fraction of 2^32."""
     return "test" if int(sha256[:8], 16) / 2**32 < test_fraction else "train"
-
-
-def resize(img: Image.Image, size: int, policy: str) -> Image.Image:
-    if policy == "center_crop":
-        w, h = img.size
-        side = min(w, h)
-        left, top = (w - side) // 2, (h - side) // 2
-        img = img.crop((left, top, left + side, top + side))
-    return img.resize((size, size), Image.BICUBIC, reducing_gap=REDUCING_GAP)
-
-
-def encode_image(path: str, size: int, policy: str, quality: int,
-                 sha256: str | None = None) -> bytes:  # fmt: skip
-    """Worker: read, check the content hash, decode (EXIF applied), resize, encode baseline JPEG."""
-    data = Path(path).read_bytes()
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise InputChangedError(
-            f"'{path}' changed after validation (sha256 differs from the validate manifest); "
-            f"rerun `cyclegan validate`"
-        )
-    buf = io.BytesIO()
-    image = open_rgb(io.BytesIO(data), min_side=DECODE_GAP * size)
-    resize(image, size, policy).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def encode_images(items: list[tuple[str, str | None]], size: int, policy: str,
-                  quality: int) -> list[bytes]:  # fmt: skip
-    """Worker task: `encode_image` over a chunk of (path, sha256), one round trip per chunk."""
-    return [encode_image(path, size, policy, quality, sha256) for path, sha256 in items]
-
-
-def _worker_init() -> None:
-    """Pool worker set-up: keep freed image buffers in glibc's heap. By default each buffer
-    over 128 KB is a fresh mmap that the kernel zero-fills page by page, which made a fresh
-    worker ~25% slower per image than the long-lived parent (measured, bench/data_benches.py).
-    No-op where malloc is not glibc's."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD: buffers up to 64 MB from the heap
-        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: give memory back above 256 MB free
-    except (OSError, AttributeError):
-        pass
 
 
 def shard_name(domain: str, split: str, index: int, total: int) -> str:
@@ -238,8 +193,8 @@ def run(cfg: Config, validated_dir: str | Path, out_dir: str | Path,
     args = (pcfg.image_size, pcfg.resize, pcfg.jpeg_quality)
     executor = (
         cf.ProcessPoolExecutor(
-            pcfg.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
-        )  # fmt: skip
+            pcfg.workers, mp_context=multiprocessing.get_context("spawn"), initializer=worker_init
+        )
         if pcfg.workers > 1 and todo
         else _Inline()
     )
