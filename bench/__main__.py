@@ -150,7 +150,7 @@ def run_one(name: str, args) -> None:
     elif name == "frechet":
         from bench import frechet
 
-        rows = frechet.run(reps=3 if args.full else 2, command=command)
+        rows = frechet.run(reps=5 if args.full else 3, command=command)
     elif name == "data":
         from bench import data_benches
 

@@ -24,13 +24,16 @@ RANDOM_INIT_SEED = 0
 
 
 def _centered(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(features, dtype=np.float64)
+    """(mean, (rows - mean) / sqrt(N - 1)) in float64; one copy, centred and scaled in place."""
+    x = np.array(features, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"need a 2-D array of at least 2 feature rows, got shape {x.shape}")
     if not np.all(np.isfinite(x)):
         raise ValueError("features contain NaN/Inf; the extractor or the images are broken")
     mu = x.mean(axis=0)
-    return mu, (x - mu) / np.sqrt(x.shape[0] - 1)
+    x -= mu
+    x *= 1.0 / np.sqrt(x.shape[0] - 1)
+    return mu, x
 
 
 def _eigen_route(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
