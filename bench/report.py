@@ -88,7 +88,10 @@ NOTES = """\
   the small cross product A1 A2ᵀ; for n ≥ d the covariances by BLAS syrk (half a product) and
   tr sqrt(Σ1Σ2) from LAPACK's generalized symmetric eigensolver (sygv type 3: Cholesky of Σ1,
   Lᵀ Σ2 L, eigenvalues only). Its floor at 5000 vs 5000 is the two syrks (~0.45 s) plus the
-  tridiagonal reduction (~0.3 s) on 2 cores; sqrtm's Schur form costs ~10 s.
+  generalized eigensolver (~0.45 s) on 2 cores; sqrtm's Schur form costs ~10 s. Alone in a
+  process it runs in 0.93 s (~11x); in the benchmark process, with TensorFlow loaded as in the
+  evaluate step, the best round is ~1.2 s: the kernel time of first-touching ~300 MB of fresh
+  buffers (sys 0.2-0.5 s per call) varies from call to call. The 10x target is missed there.
 - **XLA on CPU** compiles convolutions to Eigen rather than oneDNN and is slower here (and
   compiles for minutes at 256 px); it stays an option (`train.jit_compile`) for GPUs. With
   several devices only each replica's losses and gradients are compiled.
