@@ -163,14 +163,22 @@ class FeatureExtractor:
     input_size: int
     model: Callable
 
-    def features(self, batches: Iterable[np.ndarray]) -> np.ndarray:
+    def features(self, batches: Iterable[np.ndarray], total: int | None = None,
+                 desc: str = "features") -> np.ndarray:  # fmt: skip
+        """Feature rows of all images in `batches`; a progress bar (`total` images) on a TTY."""
+        import sys
+
         import tensorflow as tf
+        from tqdm import tqdm
 
         out = []
-        for batch in batches:
-            x = tf.convert_to_tensor(batch, tf.float32)
-            x = tf.image.resize(x, [self.input_size] * 2, method="bilinear", antialias=True)
-            out.append(np.asarray(self.model(tf.clip_by_value(x, -1.0, 1.0), training=False)))
+        with tqdm(total=total, desc=desc, unit="img", leave=False,
+                  disable=not sys.stderr.isatty()) as bar:  # fmt: skip
+            for batch in batches:
+                x = tf.convert_to_tensor(batch, tf.float32)
+                x = tf.image.resize(x, [self.input_size] * 2, method="bilinear", antialias=True)
+                out.append(np.asarray(self.model(tf.clip_by_value(x, -1.0, 1.0), training=False)))
+                bar.update(len(batch))
         feats = np.concatenate(out).astype(np.float64)
         return feats.reshape(len(feats), -1)
 

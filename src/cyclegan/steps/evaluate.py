@@ -81,6 +81,7 @@ class FidScorer:
     photo_files: list[str]
     monet_files: list[str]
     n_photo: int
+    n_monet: int
     image_size: int
     batch_size: int
     painting_features: np.ndarray | None = None
@@ -91,14 +92,17 @@ class FidScorer:
         from cyclegan.steps.preprocess import shard_files
 
         photo_files, n_photo = shard_files(data_dir, "photo", "test")
-        monet_files = sum((shard_files(data_dir, "monet", s)[0] for s in ("train", "test")), [])
+        monet = [shard_files(data_dir, "monet", s) for s in ("train", "test")]
+        monet_files, n_monet = sum((f for f, _ in monet), []), sum(n for _, n in monet)
         if n_photo < 2:
             raise ValueError(
                 f"'{data_dir}' holds {n_photo} held-out photos; FID needs at least 2 "
                 f"(raise preprocess.test_fraction or add photos)"
             )
-        scorer = cls(extractor, photo_files, monet_files, n_photo, image_size, batch_size)
-        scorer.painting_features = scorer.features(scorer.painting_batches())
+        scorer = cls(extractor, photo_files, monet_files, n_photo, n_monet, image_size,
+                     batch_size)  # fmt: skip
+        scorer.painting_features = extractor.features(scorer.painting_batches(), n_monet,
+                                                      "features: paintings")  # fmt: skip
         if not np.all(np.isfinite(scorer.painting_features)):
             raise ValueError(f"extractor {extractor.name} gives NaN/Inf features for the "
                              f"paintings in '{data_dir}'; the extractor is broken")  # fmt: skip
@@ -116,14 +120,16 @@ class FidScorer:
     def painting_batches(self) -> Iterator[np.ndarray]:
         return self._batches(self.monet_files)
 
-    def features(self, batches: Iterable[np.ndarray]) -> np.ndarray:
-        return self.extractor.features(batches)
+    def photo_features(self) -> np.ndarray:
+        """Features of the untranslated held-out photos (the baseline FID's)."""
+        return self.extractor.features(self.photo_batches(), self.n_photo, "features: photos")
 
     def score(self, G) -> tuple[float, np.ndarray]:
         """(FID, features of G(photos)); the FID is NaN when G's output is not finite."""
         from cyclegan.metrics import fid
 
-        generated = self.features(_translated(G, self.photo_batches()))
+        generated = self.extractor.features(_translated(G, self.photo_batches()), self.n_photo,
+                                            "features: G(photos)")  # fmt: skip
         if not np.all(np.isfinite(generated)):
             return math.nan, generated
         return fid(generated, self.painting_features), generated
@@ -167,7 +173,7 @@ def run(cfg: Config, data_dir: str | Path, train_dir: str | Path, out_dir: str |
     if not math.isfinite(fid_value):
         raise RuntimeError("FID came out NaN/Inf; the generator output is broken (see the grid)")
     f_paint = scorer.painting_features
-    f_photo = scorer.features(scorer.photo_batches())
+    f_photo = scorer.photo_features()
     notes = []
     note = small_sample_note(len(f_gen), len(f_paint), f_gen.shape[1])
     if note:
