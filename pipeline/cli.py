@@ -171,12 +171,13 @@ def cmd_schedule(args) -> int:
 
 def run_local(params_path: str | Path = "params.yaml", overrides: list[str] | tuple = (),
               pipeline_root: str | Path = "out/kfp-local", photo_dir: str = "",
-              monet_dir: str = "", max_fid_ratio: float = 1.0,
+              monet_dir: str = "", max_fid_ratio: float | None = None,
               image: str | None = None) -> Path:  # fmt: skip
     """Run the whole pipeline on this machine with kfp.local's SubprocessRunner (this Python
     environment, no containers, no cluster settings). Returns the run's output directory."""
     from kfp import local
 
+    from cyclegan.config import load_config
     from pipeline.dag import PipelineOptions, build_pipeline, params_text
 
     pipeline_root = Path(pipeline_root).absolute()
@@ -184,6 +185,8 @@ def run_local(params_path: str | Path = "params.yaml", overrides: list[str] | tu
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
                raise_on_error=True)  # fmt: skip
     func = build_pipeline(image, PipelineOptions(kubernetes=False), params_path, overrides)
+    if max_fid_ratio is None:  # the params' gate, as the compiled pipeline's default
+        max_fid_ratio = load_config(params_path, list(overrides)).register.max_fid_ratio
     with warnings.catch_warnings():  # the image is not used here: no containers
         warnings.filterwarnings("ignore", "You may be attemping", RuntimeWarning)
         func(params_yaml=params_text(params_path), overrides=list(overrides),
@@ -196,7 +199,7 @@ def cmd_local(args) -> int:
     arguments = _arguments(args)
     run_dir = run_local(args.params, arguments["overrides"], args.pipeline_root,
                         arguments.get("photo_dir", ""), arguments.get("monet_dir", ""),
-                        arguments.get("max_fid_ratio", 1.0), image=_image(args))  # fmt: skip
+                        arguments.get("max_fid_ratio"), image=_image(args))  # fmt: skip
     print(f"pipeline: local run finished; outputs in {run_dir}")
     registrations = sorted(run_dir.glob("register*/registration/registration.json"))
     for path in registrations:
@@ -240,7 +243,8 @@ def _run_arguments(p: argparse.ArgumentParser, local: bool = False) -> None:
     p.add_argument("--photo-dir", help="default: data.photo_dir")
     p.add_argument("--monet-dir", help="default: data.monet_dir")
     p.add_argument("--max-fid-ratio", type=float,
-                   help="register only if FID / baseline FID <= this (default 1.0)")  # fmt: skip
+                   help="register only if FID / baseline FID <= this "
+                        "(default: register.max_fid_ratio in the params)")  # fmt: skip
     if not local:
         p.add_argument("--host", help=f"KFP API endpoint (default ${HOST_ENV})")
         p.add_argument("--namespace", help="KFP namespace (multi-user deployments)")

@@ -151,7 +151,7 @@ def build_pipeline(image: str | None = None, options: PipelineOptions | None = N
     opts = options or PipelineOptions()
     comps = make_components(image)
     default_params = params_text(params_path)
-    load_config(params_path, list(overrides))  # a bad params file fails at compile time
+    cfg = load_config(params_path, list(overrides))  # a bad params file fails at compile time
     defaults = default_overrides(opts, overrides)
     work_root = opts.mount_path if opts.pvc else ""
 
@@ -165,7 +165,7 @@ def build_pipeline(image: str | None = None, options: PipelineOptions | None = N
         overrides: list = defaults,  # noqa: B006 (KFP needs a literal default)
         photo_dir: str = "",
         monet_dir: str = "",
-        max_fid_ratio: float = 1.0,
+        max_fid_ratio: float = cfg.register.max_fid_ratio,
     ):
         """photo_dir / monet_dir: "" = data.photo_dir / data.monet_dir from the params.
         max_fid_ratio: register only if FID(G(photos), paintings) / FID(photos, paintings) <= this."""

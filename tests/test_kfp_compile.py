@@ -199,3 +199,15 @@ def test_pipeline_commands_plug_into_a_cyclegan_style_parser(tmp_path):
     spec = next(yaml.safe_load_all(out.read_text()))
     overrides = spec["root"]["inputDefinitions"]["parameters"]["overrides"]["defaultValue"]
     assert overrides == ["train.epochs=2", "train.ngf=8"]
+
+
+def test_the_gate_threshold_defaults_to_params_yaml(tmp_path):
+    """register.max_fid_ratio (params.yaml, with the compile's overrides) is the gate's default."""
+    spec, _ = compile_yaml(tmp_path, "--image", IMAGE)
+    gate = spec["root"]["inputDefinitions"]["parameters"]["max_fid_ratio"]
+    assert (
+        gate["defaultValue"]
+        == yaml.safe_load((REPO / "params.yaml").read_text())["register"]["max_fid_ratio"]
+    )
+    spec, _ = compile_yaml(tmp_path, "--image", IMAGE, "-S", "register.max_fid_ratio=0.75")
+    assert spec["root"]["inputDefinitions"]["parameters"]["max_fid_ratio"]["defaultValue"] == 0.75

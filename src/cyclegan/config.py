@@ -108,6 +108,7 @@ class RegisterConfig:
     model_name: str
     experiment: str
     promote_margin: float
+    max_fid_ratio: float
 
 
 @dataclasses.dataclass(frozen=True)
