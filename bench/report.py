@@ -88,10 +88,11 @@ NOTES = """\
   the small cross product A1 A2ᵀ; for n ≥ d the covariances by BLAS syrk (half a product) and
   tr sqrt(Σ1Σ2) from LAPACK's generalized symmetric eigensolver (sygv type 3: Cholesky of Σ1,
   Lᵀ Σ2 L, eigenvalues only). Its floor at 5000 vs 5000 is the two syrks (~0.45 s) plus the
-  generalized eigensolver (~0.45 s) on 2 cores; sqrtm's Schur form costs ~10 s. Alone in a
-  process it runs in 0.93 s (~11x); in the benchmark process, with TensorFlow loaded as in the
-  evaluate step, the best round is ~1.2 s: the kernel time of first-touching ~300 MB of fresh
-  buffers (sys 0.2-0.5 s per call) varies from call to call. The 10x target is missed there.
+  generalized eigensolver (~0.45 s) on 2 cores; sqrtm's Schur form costs ~10 s. Fresh memory
+  mattered as much as FLOPs: with a centred copy of every row and LAPACK's copies of both
+  covariances (~300 MB per call) the kernel time of faulting it in varied from 0.0 to 0.5 s a
+  call (1.2 s best of 3, 8.8x); centring 512 rows at a time into one reused buffer and letting
+  LAPACK overwrite the covariances it was given brought it to ~1.0 s with sys ~0.01 s.
 - **XLA on CPU** compiles convolutions to Eigen rather than oneDNN and is slower here (and
   compiles for minutes at 256 px); it stays an option (`train.jit_compile`) for GPUs. With
   several devices only each replica's losses and gradients are compiled.

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from cyclegan.metrics import fid, frechet_distance, kid, memorization_distance, mifid
+from cyclegan.metrics import (
+    ROW_BLOCK,
+    fid,
+    frechet_distance,
+    kid,
+    memorization_distance,
+    mifid,
+)
 
 
 def sqrtm_reference(f1, f2):
@@ -39,11 +46,18 @@ def test_fid_equals_the_sqrtm_reference_on_full_rank_features():
     rng = np.random.default_rng(2)
     d = 64
     mix = rng.normal(size=(d, d)) / np.sqrt(d)
-    f1 = rng.normal(size=(500, d)) @ mix
+    f1 = rng.normal(size=(1300, d)) @ mix + 3.0  # > ROW_BLOCK rows: blocks, one partial
     f2 = rng.normal(size=(400, d)) @ mix * 1.3 + 0.2
+    before = f1.copy(), f2.copy()
+    assert 2 * ROW_BLOCK < len(f1) < 3 * ROW_BLOCK
     assert fid(f1, f2) == pytest.approx(sqrtm_reference(f1, f2), rel=1e-6)
     assert fid(f2, f1) == pytest.approx(fid(f1, f2), rel=1e-9)
     assert fid(f1, f1) == pytest.approx(0.0, abs=1e-8)
+    np.testing.assert_array_equal(f1, before[0])  # inputs untouched
+    np.testing.assert_array_equal(f2, before[1])
+    assert fid(f1.astype(np.float32), f2) == pytest.approx(
+        sqrtm_reference(f1.astype(np.float32).astype(np.float64), f2), rel=1e-6
+    )  # float32 features (what extractors give) are computed in float64
 
 
 def test_fid_with_dead_features_more_images_than_dims_equals_the_reference():

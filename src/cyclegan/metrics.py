@@ -23,13 +23,21 @@ RANDOM_INIT_SEED = 0
 # ---------------------------------------------------------------- statistics
 
 
-def _centered(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, (rows - mean) / sqrt(N - 1)) in float64; one copy, centred and scaled in place."""
-    x = np.array(features, dtype=np.float64)
+NOT_FINITE = "features contain NaN/Inf; the extractor or the images are broken"
+
+
+def _checked(features: np.ndarray) -> np.ndarray:
+    x = np.asarray(features)
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"need a 2-D array of at least 2 feature rows, got shape {x.shape}")
+    return x
+
+
+def _centered(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, (rows - mean) / sqrt(N - 1)) in float64; one copy, centred and scaled in place."""
+    x = np.array(_checked(features), dtype=np.float64)
     if not np.all(np.isfinite(x)):
-        raise ValueError("features contain NaN/Inf; the extractor or the images are broken")
+        raise ValueError(NOT_FINITE)
     mu = x.mean(axis=0)
     x -= mu
     x *= 1.0 / np.sqrt(x.shape[0] - 1)
@@ -41,8 +49,7 @@ def _eigen_route(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     w, v = np.linalg.eigh(sigma1)
     root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     m = root1 @ sigma2 @ root1
-    eig = np.linalg.eigvalsh((m + m.T) * 0.5)
-    return float(np.sqrt(np.clip(eig, 0, None)).sum())
+    return _sum_sqrt(np.linalg.eigvalsh((m + m.T) * 0.5))
 
 
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, lower_only: bool = False) -> float:
@@ -62,7 +69,7 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, lower_only: bool 
                        check_finite=False)  # fmt: skip
         except LinAlgError:
             continue
-        return float(np.sqrt(np.clip(eig, 0, None)).sum())
+        return _sum_sqrt(eig)
     if lower_only:
         sigma1 = np.tril(sigma1) + np.tril(sigma1, -1).T
         sigma2 = np.tril(sigma2) + np.tril(sigma2, -1).T
@@ -79,11 +86,33 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return float(max(value, 0.0))
 
 
-def _covariance_lower(a: np.ndarray) -> np.ndarray:
-    """A^T A, lower triangle only (BLAS syrk: half a matrix product; A.T is read in place)."""
+ROW_BLOCK = 512  # rows centred at a time for the covariance (one 512 x d buffer, reused)
+
+
+def _mean_and_covariance(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float64 mean and covariance (N - 1), lower triangle only: BLAS syrk (half a matrix
+    product) accumulated over blocks of centred rows, so no centred copy of every row is made
+    (fresh memory is what makes large calls slow and erratic: the kernel must fault it in)."""
     from scipy.linalg import blas
 
-    return blas.dsyrk(1.0, a.T, lower=1)
+    x = _checked(features)
+    n, d = x.shape
+    mu = x.mean(axis=0, dtype=np.float64)
+    block = np.empty((min(ROW_BLOCK, n), d))
+    cov = None
+    for start in range(0, n, ROW_BLOCK):
+        rows = np.subtract(x[start : start + ROW_BLOCK], mu, out=block[: min(ROW_BLOCK, n - start)])
+        if not np.isfinite(rows).all():
+            raise ValueError(NOT_FINITE)
+        if cov is None:
+            cov = blas.dsyrk(1.0 / (n - 1), rows.T, lower=1)
+        else:
+            cov = blas.dsyrk(1.0 / (n - 1), rows.T, beta=1.0, c=cov, lower=1, overwrite_c=1)
+    return mu, cov
+
+
+def _sum_sqrt(eigenvalues: np.ndarray) -> float:
+    return float(np.sqrt(np.clip(eigenvalues, 0, None)).sum())  # negative round-off clipped
 
 
 def fid(features1: np.ndarray, features2: np.ndarray) -> float:
@@ -92,21 +121,36 @@ def fid(features1: np.ndarray, features2: np.ndarray) -> float:
     With A_i the centred rows / sqrt(N_i - 1), S_i = A_i^T A_i, and the non-zero eigenvalues of
     S1 S2 are the squared singular values of A1 A2^T: tr sqrt(S1 S2) = nuclear norm of A1 A2^T.
     That is exact and cheap when a set has fewer images than dimensions (300 Monet paintings vs
-    2048-d features); otherwise the covariances are formed (syrk) and `trace_sqrt_product`
-    takes the Cholesky + symmetric-eigenvalue route.
+    2048-d features); otherwise the covariances are formed (syrk over row blocks) and
+    tr sqrt(S1 S2) comes from Cholesky + symmetric eigenvalues (`trace_sqrt_product`).
     """
-    mu1, a1 = _centered(features1)
-    mu2, a2 = _centered(features2)
-    if a1.shape[1] != a2.shape[1]:
-        raise ValueError(f"feature sizes differ: {a1.shape[1]} vs {a2.shape[1]}")
-    d = a1.shape[1]
-    diff = mu1 - mu2
-    traces = np.einsum("ij,ij->", a1, a1) + np.einsum("ij,ij->", a2, a2)
-    if min(a1.shape[0], a2.shape[0]) < d:
-        cross = np.linalg.svd(a1 @ a2.T, compute_uv=False).sum()
+    x1, x2 = _checked(features1), _checked(features2)
+    if x1.shape[1] != x2.shape[1]:
+        raise ValueError(f"feature sizes differ: {x1.shape[1]} vs {x2.shape[1]}")
+    if min(len(x1), len(x2)) < x1.shape[1]:
+        (mu1, a1), (mu2, a2) = _centered(x1), _centered(x2)
+        traces = np.einsum("ij,ij->", a1, a1) + np.einsum("ij,ij->", a2, a2)
+        cross = float(np.linalg.svd(a1 @ a2.T, compute_uv=False).sum())
     else:
-        cross = trace_sqrt_product(_covariance_lower(a1), _covariance_lower(a2), lower_only=True)
+        (mu1, s1), (mu2, s2) = _mean_and_covariance(x1), _mean_and_covariance(x2)
+        traces = np.trace(s1) + np.trace(s2)
+        cross = _trace_sqrt_of_own(s1, s2, x1, x2)
+    diff = mu1 - mu2
     return float(max(diff @ diff + traces - 2.0 * cross, 0.0))
+
+
+def _trace_sqrt_of_own(s1: np.ndarray, s2: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> float:
+    """`trace_sqrt_product` of covariances just made from x1, x2: LAPACK may overwrite them (no
+    copies of two d x d matrices). If S1 is not positive definite (dead features), they are
+    made again and `trace_sqrt_product` tries the other order, then the general route."""
+    from scipy.linalg import LinAlgError, eigh
+
+    try:
+        return _sum_sqrt(eigh(s2, s1, type=3, lower=True, eigvals_only=True, driver="gv",
+                              check_finite=False, overwrite_a=True, overwrite_b=True))  # fmt: skip
+    except LinAlgError:
+        s1, s2 = _mean_and_covariance(x1)[1], _mean_and_covariance(x2)[1]
+        return trace_sqrt_product(s1, s2, lower_only=True)
 
 
 def kid(features1, features2, n_subsets=100, subset_size=1000, seed=0) -> tuple[float, float]:
