@@ -52,6 +52,15 @@ def _eigen_route(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     return _sum_sqrt(np.linalg.eigvalsh((m + m.T) * 0.5))
 
 
+def _eigenvalues_of_product(a: np.ndarray, b: np.ndarray, overwrite: bool = False) -> np.ndarray:
+    """Eigenvalues of B A (lower triangles read) by LAPACK sygv type 3: Cholesky B = L L^T, the
+    symmetric L^T A L, values only. LinAlgError when B is not positive definite."""
+    from scipy.linalg import eigh
+
+    return eigh(a, b, type=3, lower=True, eigvals_only=True, driver="gv", check_finite=False,
+                overwrite_a=overwrite, overwrite_b=overwrite)  # fmt: skip
+
+
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, lower_only: bool = False) -> float:
     """tr sqrt(S1 S2) for symmetric PSD S1, S2, exactly, without scipy.linalg.sqrtm.
 
@@ -61,15 +70,13 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, lower_only: bool 
     definite (dead features, duplicated rows), the eigen route through sqrt(S1) is used.
     `lower_only`: only the lower triangles hold data (covariances from syrk).
     """
-    from scipy.linalg import LinAlgError, eigh
+    from scipy.linalg import LinAlgError
 
     for a, b in ((sigma2, sigma1), (sigma1, sigma2)):  # b must be positive definite
         try:
-            eig = eigh(a, b, type=3, lower=True, eigvals_only=True, driver="gv",
-                       check_finite=False)  # fmt: skip
+            return _sum_sqrt(_eigenvalues_of_product(a, b))
         except LinAlgError:
             continue
-        return _sum_sqrt(eig)
     if lower_only:
         sigma1 = np.tril(sigma1) + np.tril(sigma1, -1).T
         sigma2 = np.tril(sigma2) + np.tril(sigma2, -1).T
@@ -143,11 +150,10 @@ def _trace_sqrt_of_own(s1: np.ndarray, s2: np.ndarray, x1: np.ndarray, x2: np.nd
     """`trace_sqrt_product` of covariances just made from x1, x2: LAPACK may overwrite them (no
     copies of two d x d matrices). If S1 is not positive definite (dead features), they are
     made again and `trace_sqrt_product` tries the other order, then the general route."""
-    from scipy.linalg import LinAlgError, eigh
+    from scipy.linalg import LinAlgError
 
     try:
-        return _sum_sqrt(eigh(s2, s1, type=3, lower=True, eigvals_only=True, driver="gv",
-                              check_finite=False, overwrite_a=True, overwrite_b=True))  # fmt: skip
+        return _sum_sqrt(_eigenvalues_of_product(s2, s1, overwrite=True))
     except LinAlgError:
         s1, s2 = _mean_and_covariance(x1)[1], _mean_and_covariance(x2)[1]
         return trace_sqrt_product(s1, s2, lower_only=True)
