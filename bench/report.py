@@ -44,13 +44,20 @@ NOTES = """\
   fused batch-norm kernel per image forward and one backward instead of ~15 elementwise and
   reduction ops; `moments` below 16×16 px, where it is faster); Adam as one
   `ResourceApplyAdam` kernel per variable (Keras' formula, same slots and checkpoints; equal to
-  Keras Adam to 1e-6 in the tests). The ablation rows switch the first two off.
+  Keras Adam to 1e-6 in the tests); `small_conv: matmul` (convolutions with at most 2×2
+  output pixels per image, transposed ones with at most 4×4 input pixels, run as one matmul:
+  im2col + matmul, or matmul + overlap-add; these are the U-Net's innermost 512–1024-channel
+  layers, 4–34 MB of weights each for a few MFLOP, where oneDNN's conv kernels ran at 1–3
+  GFLOP/s; the same weights, the same function, equal to TF's ops to 1e-5 in the tests, forward
+  and both gradients). The ablation rows switch these off one at a time, then all together.
 - **Noise.** Differences under ~5% between rows of one size are within the run-to-run spread
   here. The fused instance norm is 2–3× faster than `tf.nn.moments` per call (fwd + bwd, from
   16×16 px up) but the step is convolution-bound: a separate 5–6-round comparison measured
   2.29 vs 2.36 s/step at 256 px (3%) and no difference at 128 px.
-- **Defaults.** params/paper.yaml (the real training settings) turns `fuse_calls` and
-  `instance_norm: fused` on. params.yaml (the demo, and the base of the tests) keeps the seed's
+- **Defaults.** params/paper.yaml (the real training settings) turns `fuse_calls`,
+  `instance_norm: fused` and `small_conv: matmul` on; params.yaml turns on `small_conv: matmul`
+  (summation order only; it changes nothing for the demo's ResNet generator, whose smallest
+  layer is 16×16 px) and otherwise (the demo, and the base of the tests) keeps the seed's
   numerics: tests/test_train.py compares the project's step with the seed's weight by weight
   (rtol 1e-4), where fused calls give the conv biases right before an instance norm (true
   gradient 0) Adam steps of ±lr from round-off, and its mirrored-vs-one-device check (1% of the
@@ -60,7 +67,7 @@ NOTES = """\
 - **Losses match.** The note column gives the largest relative difference of the first step's
   losses (generator total, D_X, D_Y) to the seed's, from identical weights and inputs with
   dropout off. Tolerances stated and enforced by tests/test_speed_options.py: fused calls /
-  fused norm 1e-5, XLA 1e-4, bf16 5e-2 (8 mantissa bits in the convolutions; losses, weights,
+  fused norm / matmul convs 1e-5, XLA 1e-4, bf16 5e-2 (8 mantissa bits in the convolutions; losses, weights,
   Adam and instance-norm statistics float32), fp16 with loss scaling 1e-2.
 - **FLOPs** are analytic convolution FLOPs (2 × multiply-adds) of one step: forward 3 calls per
   generator and 2 per discriminator; backward ≈ 2 × forward per generator call and 2–3 × per
@@ -151,7 +158,8 @@ def findings(results: dict) -> list[str]:
                         f" Each U-Net generator has {params['G'] / 1e6:.0f} M parameters at this "
                         f"size for {size_info['flops_forward']['G'] / 1e9:.2f} GFLOP per image: "
                         f"weights, their gradients and Adam's state dominate the memory traffic, "
-                        f"which the fused calls (weights read once per call) and the fused Adam cut."
+                        f"which the fused calls (weights read once per call), the matmul convs and the "
+                        f"fused Adam cut."
                         if params and size <= 128
                         else ""
                     )

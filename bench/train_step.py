@@ -42,7 +42,7 @@ class Variant:
 
 def variants(gpu: bool, ablations: bool, jit: bool) -> list[Variant]:
     """The project's step with its speed options (all other train.* from params.yaml)."""
-    fast = {"fuse_calls": True, "instance_norm": "fused"}  # params/paper.yaml's choice
+    fast = {"fuse_calls": True, "instance_norm": "fused", "small_conv": "matmul"}  # paper.yaml
     out = [Variant("project, fp32", fast)]
     if jit:
         out.append(Variant("project, fp32 + XLA", {**fast, "jit_compile": True}))
@@ -63,9 +63,10 @@ def variants(gpu: bool, ablations: bool, jit: bool) -> list[Variant]:
         out += [
             Variant("ablation: fp32, fuse_calls off", {**fast, "fuse_calls": False}),
             Variant("ablation: fp32, instance_norm moments", {**fast, "instance_norm": "moments"}),
+            Variant("ablation: fp32, small_conv native", {**fast, "small_conv": "native"}),
             Variant(
-                "ablation: fp32, both off (seed's calls; fused Adam only)",
-                {"fuse_calls": False, "instance_norm": "moments"},
+                "ablation: fp32, all off (seed's calls; fused Adam only)",
+                {"fuse_calls": False, "instance_norm": "moments", "small_conv": "native"},
             ),
         ]
     return out
@@ -127,10 +128,10 @@ class SeedRunner:
 
         from bench.seed_step import seed_step
         from cyclegan.model import build_generator, patchgan_discriminator
-        from cyclegan.model.layers import instance_norm_impl
+        from cyclegan.model.layers import layer_impls
 
         cfg = train_config(size, batch)
-        with instance_norm_impl("moments"):
+        with layer_impls(instance_norm="moments", small_conv="native"):  # Keras' own ops
             self.G = build_generator(cfg, size, name="G")
             self.F = build_generator(cfg, size, name="F")
             self.D_M = patchgan_discriminator(cfg.ndf, cfg.n_layers_d, name="D_M")

@@ -1,7 +1,8 @@
 """The train step's speed options give the plain step's numbers (docs/BENCHMARKS.md).
 
 Stated tolerances, on the first step's losses from identical weights and inputs (relative):
-fuse_calls / instance_norm fused: 1e-5 (float32 summation order only); XLA: 1e-4;
+fuse_calls / instance_norm fused / small_conv matmul: 1e-5 (float32 summation order only);
+XLA: 1e-4;
 bf16: 5e-2 (8 mantissa bits in the convolutions; losses, statistics and weights float32);
 fp16 + loss scaling: 1e-2. Models are tiny; U-Net dropout is switched off where a check needs
 identical randomness (the fused calls draw masks for the concatenated batch).
@@ -16,7 +17,15 @@ import tensorflow as tf
 
 from bench.seed_step import seed_step
 from cyclegan.config import ConfigError
-from cyclegan.model.layers import InstanceNorm, instance_norm_fused, instance_norm_moments
+from cyclegan.model.layers import (
+    Conv2D,
+    Conv2DTranspose,
+    InstanceNorm,
+    conv2d_as_matmul,
+    conv2d_transpose_as_matmul,
+    instance_norm_fused,
+    instance_norm_moments,
+)
 from cyclegan.train import CycleGAN, FusedAdam, distributed_step
 
 KEYS = ("gen_total", "G_cycle", "F_identity", "D_X", "D_Y")
@@ -65,21 +74,21 @@ def _assert_losses_close(got, want, rtol):
 
 @pytest.fixture(scope="module", params=["resnet", "unet"])
 def plain(request, tiny_config):
-    """The plain step (separate calls, tf.nn.moments, float32, no XLA), one step from fixed
-    weights: its config, initial weights, losses, and G's output afterwards."""
+    """The plain step (separate calls, tf.nn.moments, TF's conv ops, float32, no XLA), one step
+    from fixed weights: its config, initial weights, losses, and G's output afterwards."""
     cfg = tiny_config(train__generator=request.param, train__pool_size=0).train
     keras.utils.set_random_seed(0)
-    gan = _gan(cfg, fuse_calls=False, instance_norm="moments")
+    gan = _gan(cfg, fuse_calls=False, instance_norm="moments", small_conv="native")
     weights = _weights(gan)
     photo, monet = _inputs()
     losses = _step(gan, photo, monet)
     return cfg, weights, losses, np.asarray(gan.G(photo, training=False))
 
 
-def test_fused_calls_and_fused_norm_equal_the_plain_step(plain):
+def test_fused_calls_fused_norm_and_matmul_convs_equal_the_plain_step(plain):
     cfg, weights, want, g_after = plain
     photo, monet = _inputs()
-    gan = _gan(cfg, weights, fuse_calls=True, instance_norm="fused")
+    gan = _gan(cfg, weights, fuse_calls=True, instance_norm="fused", small_conv="matmul")
     _assert_losses_close(_step(gan, photo, monet), want, rtol=1e-5)
     # After the update: what G computes agrees (raw conv biases right before instance norm may
     # not: their true gradient is zero and Adam turns round-off into +-lr steps).
@@ -206,11 +215,130 @@ def test_speed_options_are_validated(tiny_config):
         tiny_config(train__mixed_precision="fp8")
     with pytest.raises(ConfigError, match="train.instance_norm"):
         tiny_config(train__instance_norm="pallas")
+    with pytest.raises(ConfigError, match="train.small_conv"):
+        tiny_config(train__small_conv="winograd")
     defaults = tiny_config().train
     # params.yaml keeps the seed's numerics (tests/test_train.py compares bit-close);
-    # params/paper.yaml turns fuse_calls and the fused norm on
+    # params/paper.yaml turns fuse_calls and the fused norm on; small_conv matmul (on in both)
+    # only changes float32 summation order
     assert (defaults.fuse_calls, defaults.jit_compile) == (False, False)
     assert (defaults.mixed_precision, defaults.instance_norm) == ("none", "moments")
+    assert defaults.small_conv == "matmul"
+
+
+def _conv_and_gradients(fn, x, kernel):
+    dy_seed = np.random.default_rng(3)
+    with tf.GradientTape() as tape:
+        tape.watch([x, kernel])
+        y = fn(x, kernel)
+    dy = tf.constant(dy_seed.normal(size=y.shape), y.dtype)
+    dx, dk = tape.gradient(y, [x, kernel], output_gradients=dy)
+    return [t.numpy() for t in (y, dx, dk)]
+
+
+CONVS = [  # (input side, kernel, stride, padding, c_in, c_out): the U-Net's, and odd ones
+    (4, 4, 2, "same", 6, 5),  # -> 2x2 (the U-Net's down layers)
+    (2, 4, 2, "same", 6, 5),  # -> 1x1
+    (5, 4, 2, "same", 3, 4),  # odd side: TF puts the odd pad pixel last
+    (3, 3, 1, "valid", 4, 2),
+    (6, 4, 1, "valid", 2, 3),  # the PatchGAN's stride-1 layers
+]
+TRANSPOSED = [
+    (1, 4, 2, "same", 6, 5),  # 1x1 -> 2x2 (the U-Net's up layers)
+    (2, 4, 2, "same", 6, 5),
+    (4, 4, 2, "same", 3, 4),
+    (2, 4, 2, "valid", 3, 4),  # -> 6x6
+    (3, 2, 2, "same", 2, 3),
+    (3, 3, 1, "same", 2, 3),  # stride 1: k = 3 taps per phase
+    (2, 3, 1, "valid", 2, 3),
+]
+
+
+@pytest.mark.parametrize("side,k,stride,padding,c_in,c_out", CONVS)
+def test_conv_as_matmul_equals_tf_conv2d(side, k, stride, padding, c_in, c_out):
+    rng = np.random.default_rng(side * 100 + k)
+    x = tf.constant(rng.normal(size=(2, side, side + 1, c_in)), tf.float32)  # not square
+    kernel = tf.constant(rng.normal(size=(k, k, c_in, c_out)), tf.float32)
+    want = _conv_and_gradients(lambda x, w: tf.nn.conv2d(x, w, stride, padding.upper()), x, kernel)
+    got = _conv_and_gradients(lambda x, w: conv2d_as_matmul(x, w, stride, padding), x, kernel)
+    for g, w in zip(got, want, strict=True):  # output, input gradient, kernel gradient
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("side,k,stride,padding,c_in,c_out", TRANSPOSED)
+def test_transposed_conv_as_matmul_equals_tf_conv2d_transpose(
+    side, k, stride, padding, c_in, c_out
+):
+    rng = np.random.default_rng(side * 100 + k)
+    x = tf.constant(rng.normal(size=(2, side, side + 1, c_in)), tf.float32)
+    kernel = tf.constant(rng.normal(size=(k, k, c_out, c_in)), tf.float32)
+    layer = keras.layers.Conv2DTranspose(c_out, k, strides=stride, padding=padding)
+    out_shape = layer.compute_output_shape(x.shape)
+    want = _conv_and_gradients(
+        lambda x, w: tf.nn.conv2d_transpose(x, w, out_shape, stride, padding.upper()), x, kernel
+    )
+    got = _conv_and_gradients(
+        lambda x, w: conv2d_transpose_as_matmul(x, w, stride, padding), x, kernel
+    )
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def _op_types(fn, spec):
+    graph = tf.function(fn).get_concrete_function(spec).graph
+    return {op.type for op in graph.get_operations()}
+
+
+@pytest.mark.parametrize(
+    "cls,keras_cls,side,kwargs",
+    [
+        (Conv2D, keras.layers.Conv2D, 4, dict(strides=2, padding="same")),
+        (Conv2DTranspose, keras.layers.Conv2DTranspose, 4, dict(strides=2, padding="same")),
+    ],
+)
+def test_small_conv_layers_are_keras_layers_computed_by_matmul(cls, keras_cls, side, kwargs):
+    """Same weights and results as the Keras layer (bias and activation included); the matmul
+    only for static small images, any batch size; TF's conv op otherwise."""
+    rng = np.random.default_rng(0)
+    mine = cls(5, 4, activation="tanh", impl="matmul", **kwargs)
+    ref = keras_cls(5, 4, activation="tanh", **kwargs)
+    x = tf.constant(rng.normal(size=(3, side, side, 6)), tf.float32)
+    ref(x)
+    mine(x)
+    mine.set_weights([w + 0.1 * rng.normal(size=w.shape) for w in ref.get_weights()])
+    ref.set_weights(mine.get_weights())
+    np.testing.assert_allclose(mine(x), ref(x), rtol=1e-5, atol=1e-6)
+
+    small = tf.TensorSpec([None, side, side, 6], tf.float32)  # unknown batch: still the matmul
+    ops = _op_types(mine, small)
+    assert "MatMul" in ops or "BatchMatMulV2" in ops
+    assert not ops & {"Conv2D", "Conv2DBackpropInput"}
+    assert tf.function(mine)(x).shape == ref(x).shape
+    big = tf.TensorSpec([None, 8, 8, 6], tf.float32)  # 8x8 -> 4x4 / 8x8 -> 16x16: TF's op
+    unknown = tf.TensorSpec([None, None, None, 6], tf.float32)
+    for spec in (big, unknown):
+        assert _op_types(mine, spec) & {"Conv2D", "Conv2DBackpropInput"}
+    native = cls.from_config({**mine.get_config(), "impl": "native"})
+    native.build(x.shape)
+    assert _op_types(native, small) & {"Conv2D", "Conv2DBackpropInput"}
+    assert cls.from_config(mine.get_config()).impl == "matmul"
+    with pytest.raises(ValueError, match="impl"):
+        cls(5, 4, impl="winograd")
+
+
+def test_small_conv_matmul_under_bf16_keeps_float32_weights():
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(2, 2, 2, 8)), tf.float32)
+    ref = Conv2DTranspose(4, 4, strides=2, padding="same", impl="native")
+    want = ref(x)
+    fast = Conv2DTranspose(4, 4, strides=2, padding="same", impl="matmul", dtype="mixed_bfloat16")
+    fast(x)
+    fast.set_weights(ref.get_weights())
+    got = fast(tf.cast(x, tf.bfloat16))
+    assert got.dtype == tf.bfloat16 and fast.kernel.dtype == "float32"
+    np.testing.assert_allclose(tf.cast(got, tf.float32), want, rtol=5e-2, atol=5e-2)
 
 
 MIRRORED_XLA = """

@@ -90,6 +90,7 @@ class TrainConfig:
     jit_compile: bool
     mixed_precision: Literal["none", "bf16", "fp16"]
     instance_norm: Literal["fused", "moments"]
+    small_conv: Literal["matmul", "native"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,9 @@ Speed options (params `train.*`, measured in docs/BENCHMARKS.md):
 - `mixed_precision`: `bf16` / `fp16` compute with float32 variables, float32 losses and
   float32 instance-norm statistics; `fp16` adds dynamic loss scaling (for GPUs).
 - `instance_norm`: `fused` (per-image fused batch-norm kernels) or `moments` (tf.nn.moments).
+- `small_conv`: `matmul` runs convolutions with at most 2x2 output pixels per image (transposed:
+  4x4 input; the U-Net's innermost layers, where most of its weights are) as one matmul each;
+  `native`: TF's conv ops.
 - Adam's update runs as one fused kernel per variable (ResourceApplyAdam, Keras' formula).
 """
 
@@ -28,7 +31,7 @@ import tensorflow as tf
 from cyclegan import losses
 from cyclegan.config import TrainConfig
 from cyclegan.model import build_generator, patchgan_discriminator
-from cyclegan.model.layers import instance_norm_impl
+from cyclegan.model.layers import layer_impls
 
 LOSS_NAMES = (
     "G_adv", "F_adv", "G_cycle", "F_cycle", "G_identity", "F_identity",
@@ -215,7 +218,7 @@ class CycleGAN(tf.Module):
         previous = keras.config.dtype_policy()
         keras.config.set_dtype_policy(PRECISION_POLICIES[precision])
         try:
-            with instance_norm_impl(cfg.instance_norm):
+            with layer_impls(instance_norm=cfg.instance_norm, small_conv=cfg.small_conv):
                 G = build_generator(cfg, self.image_size, name="G")  # photo -> Monet
                 F = build_generator(cfg, self.image_size, name="F")  # Monet -> photo
                 D_X = patchgan_discriminator(cfg.ndf, cfg.n_layers_d, name="D_X")  # photos

@@ -12,11 +12,17 @@ import math
 import keras
 from keras import layers
 
-from cyclegan.model.layers import InstanceNorm, ReflectionPad, conv_init
+from cyclegan.model.layers import (
+    Conv2D,
+    Conv2DTranspose,
+    InstanceNorm,
+    ReflectionPad,
+    conv_init,
+)
 
 
 def _conv(filters, kernel, stride=1, name=None):
-    return layers.Conv2D(
+    return Conv2D(
         filters, kernel, strides=stride, padding="valid", use_bias=True,
         kernel_initializer=conv_init(), name=name,
     )  # fmt: skip
@@ -60,7 +66,7 @@ def u(x, filters, name, upsample="transpose"):
     conv, which avoids checkerboard artifacts (same parameter count).
     """
     if upsample == "transpose":
-        x = layers.Conv2DTranspose(
+        x = Conv2DTranspose(
             filters, 3, strides=2, padding="valid", use_bias=True,
             kernel_initializer=conv_init(), name=f"{name}_convT",
         )(x)  # fmt: skip
@@ -98,7 +104,7 @@ def unet_generator(ngf=64, image_size=256, upsample="transpose", name="G") -> ke
     inputs = keras.Input((None, None, 3), name="image")
     x, skips = inputs, []
     for i, f in enumerate(filters):
-        x = layers.Conv2D(f, 4, strides=2, padding="same", use_bias=False,
+        x = Conv2D(f, 4, strides=2, padding="same", use_bias=False,
                           kernel_initializer=conv_init(), name=f"down{i + 1}_conv")(x)  # fmt: skip
         if i > 0:
             x = InstanceNorm(name=f"down{i + 1}_norm")(x)
@@ -106,18 +112,18 @@ def unet_generator(ngf=64, image_size=256, upsample="transpose", name="G") -> ke
         skips.append(x)
     for i, (f, skip) in enumerate(zip(reversed(filters[:-1]), reversed(skips[:-1]), strict=True)):
         if upsample == "transpose":
-            x = layers.Conv2DTranspose(f, 4, strides=2, padding="same", use_bias=False,
+            x = Conv2DTranspose(f, 4, strides=2, padding="same", use_bias=False,
                                        kernel_initializer=conv_init(), name=f"up{i + 1}_convT")(x)  # fmt: skip
         else:
             x = layers.UpSampling2D(2, name=f"up{i + 1}_resize")(x)
-            x = layers.Conv2D(f, 3, padding="same", use_bias=False,
+            x = Conv2D(f, 3, padding="same", use_bias=False,
                               kernel_initializer=conv_init(), name=f"up{i + 1}_conv")(x)  # fmt: skip
         x = InstanceNorm(name=f"up{i + 1}_norm")(x)
         if i < 3:
             x = layers.Dropout(0.5, name=f"up{i + 1}_dropout")(x)
         x = layers.ReLU(name=f"up{i + 1}_relu")(x)
         x = layers.Concatenate(name=f"up{i + 1}_skip")([x, skip])
-    outputs = layers.Conv2DTranspose(3, 4, strides=2, padding="same", activation="tanh",
+    outputs = Conv2DTranspose(3, 4, strides=2, padding="same", activation="tanh",
                                      kernel_initializer=conv_init(), name="last")(x)  # fmt: skip
     return keras.Model(inputs, outputs, name=name)
 

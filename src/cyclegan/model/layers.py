@@ -8,13 +8,24 @@ import keras
 import tensorflow as tf
 
 INSTANCE_NORM_IMPLS = ("fused", "moments")
-_default_impl = ["moments"]  # models built outside instance_norm_impl(), old saved files
+SMALL_CONV_IMPLS = ("matmul", "native")
+# Layers built outside layer_impls() (and old saved files) use these.
+_defaults = {"instance_norm": "moments", "small_conv": "native"}
+_CHOICES = {"instance_norm": INSTANCE_NORM_IMPLS, "small_conv": SMALL_CONV_IMPLS}
 # cuDNN's batch-norm kernels reject epsilon < 1e-5 (TF's own fused_batch_norm wrapper clamps
 # to this); the difference to 1e-5 is ~5e-4 relative only for a constant (zero-variance) channel.
 _FUSED_MIN_EPSILON = 1.001e-5
 # Below this many pixels per image the per-image fused kernels cost more than they save
 # (measured fwd+bwd on 2 cores: 8x8x512 0.5x, 16x16x512 1.5x, 128x128x64 2.8x the moments speed).
 _FUSED_MIN_PIXELS = 256
+# With `small_conv: matmul`, a convolution whose matrix multiply has at most this many rows per
+# image (output pixels of a conv, input pixels of a transposed conv) runs as that one matmul.
+# These are the U-Net's innermost 512-1024-channel layers, where most of its weights are:
+# oneDNN's conv kernels stream those 4-34 MB of weights several times slower than a matmul does.
+# Measured fwd+bwd on 2 cores, batch 1-2, fp32/bf16 (matmul speed / conv speed): conv with 2x2
+# output 1.8-2.5x, 4x4 output 0.8-1.3x; transposed conv from 2x2 3-8.5x, from 4x4 0.9-2.4x,
+# from 8x8 0.55-2.2x. Whole train step: see docs/BENCHMARKS.md.
+_MATMUL_MAX_ROWS = {"conv": 4, "transpose": 16}
 
 
 def conv_init() -> keras.initializers.Initializer:
@@ -23,16 +34,23 @@ def conv_init() -> keras.initializers.Initializer:
 
 
 @contextlib.contextmanager
-def instance_norm_impl(impl: str):
-    """InstanceNorm layers built inside this block use `impl` (train.instance_norm)."""
-    if impl not in INSTANCE_NORM_IMPLS:
-        raise ValueError(f"instance norm impl must be one of {INSTANCE_NORM_IMPLS}, got {impl!r}")
-    previous = _default_impl[0]
-    _default_impl[0] = impl
+def layer_impls(**impls: str):
+    """Layers built inside this block use these implementations (train.instance_norm,
+    train.small_conv); the functions computed are the same either way."""
+    for kind, impl in impls.items():
+        if impl not in _CHOICES[kind]:
+            raise ValueError(f"{kind} impl must be one of {_CHOICES[kind]}, got {impl!r}")
+    previous = dict(_defaults)
+    _defaults.update(impls)
     try:
         yield
     finally:
-        _default_impl[0] = previous
+        _defaults.update(previous)
+
+
+def instance_norm_impl(impl: str):
+    """InstanceNorm layers built inside this block use `impl` (train.instance_norm)."""
+    return layer_impls(instance_norm=impl)
 
 
 def instance_norm_moments(x: tf.Tensor, epsilon: float) -> tf.Tensor:
@@ -76,7 +94,7 @@ class InstanceNorm(keras.layers.Layer):
     def __init__(self, epsilon: float = 1e-5, impl: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.epsilon = epsilon
-        self.impl = impl or _default_impl[0]
+        self.impl = impl or _defaults["instance_norm"]
         if self.impl not in INSTANCE_NORM_IMPLS:
             raise ValueError(f"InstanceNorm impl must be one of {INSTANCE_NORM_IMPLS}")
 
@@ -104,3 +122,133 @@ class ReflectionPad(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "pad": self.pad}
+
+
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF's "same": the output has ceil(size / stride) pixels, the odd pad pixel goes last."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def conv2d_as_matmul(x: tf.Tensor, kernel: tf.Tensor, stride: int, padding: str) -> tf.Tensor:
+    """tf.nn.conv2d (NHWC, square kernel [k, k, c_in, c_out], square stride) as im2col + one
+    matmul: the k*k shifted views of the input side by side, times the kernel as a matrix."""
+    k, _, c_in, c_out = kernel.shape
+    if padding == "same":
+        (top, bottom), (left, right) = (_same_padding(x.shape[i], k, stride) for i in (1, 2))
+        x = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
+    out_h, out_w = (x.shape[1] - k) // stride + 1, (x.shape[2] - k) // stride + 1
+    views = [
+        x[:, a : a + stride * (out_h - 1) + 1 : stride, b : b + stride * (out_w - 1) + 1 : stride]
+        for a in range(k)
+        for b in range(k)
+    ]  # ordered as the kernel's (row, column, channel) axes
+    columns = tf.reshape(tf.concat(views, axis=-1), [-1, k * k * c_in])
+    out = tf.matmul(columns, tf.reshape(kernel, [k * k * c_in, c_out]))
+    return tf.reshape(out, [-1, out_h, out_w, c_out])
+
+
+def conv2d_transpose_as_matmul(
+    x: tf.Tensor, kernel: tf.Tensor, stride: int, padding: str
+) -> tf.Tensor:
+    """tf.nn.conv2d_transpose (NHWC, kernel [k, k, c_out, c_in], k a multiple of the stride)
+    as one matmul + overlap-add: every input pixel times the kernel gives its k x k output
+    patch; kernel tap a = stride * q + r lands on output row stride * (i + q) + r."""
+    k, _, c_out, c_in = kernel.shape
+    s, q = stride, k // stride
+    h, w = x.shape[1], x.shape[2]
+    patches = tf.matmul(
+        tf.reshape(x, [-1, c_in]), tf.reshape(kernel, [k * k * c_out, c_in]), transpose_b=True
+    )
+    patches = tf.reshape(patches, [-1, h, w, q, s, q, s, c_out])
+    full = tf.add_n(
+        [
+            tf.pad(
+                patches[:, :, :, qh, :, qw],  # [n, h, w, s, s, c_out]: row phase, column phase
+                [[0, 0], [qh, q - 1 - qh], [qw, q - 1 - qw], [0, 0], [0, 0], [0, 0]],
+            )
+            for qh in range(q)
+            for qw in range(q)
+        ]
+    )
+    full_h, full_w = s * (h + q - 1), s * (w + q - 1)  # = (h - 1) * s + k
+    full = tf.reshape(tf.transpose(full, [0, 1, 3, 2, 4, 5]), [-1, full_h, full_w, c_out])
+    if padding == "valid":
+        return full
+    top, left = max(k - s, 0) // 2, max(k - s, 0) // 2  # the forward conv's "same" padding
+    return full[:, top : top + h * s, left : left + w * s]
+
+
+def _matmul_shaped(layer, rows_per_image: int | None, kind: str) -> bool:
+    """Whether `layer` runs as a matmul on `x`: small_conv matmul, a square kernel and stride,
+    no dilation, channels-last, static image size, few enough rows."""
+    k, s = layer.kernel_size, layer.strides
+    return (
+        layer.impl == "matmul"
+        and rows_per_image is not None
+        and rows_per_image <= _MATMUL_MAX_ROWS[kind]
+        and k[0] == k[1]
+        and s[0] == s[1]
+        and tuple(layer.dilation_rate) == (1, 1)
+        and layer.data_format == "channels_last"
+        and layer.padding in ("same", "valid")
+        and getattr(layer, "groups", 1) == 1
+    )
+
+
+@keras.saving.register_keras_serializable(package="cyclegan")
+class Conv2D(keras.layers.Conv2D):
+    """keras.layers.Conv2D (same weights, same function) that, with `impl="matmul"`, computes
+    layers with at most 4 output pixels per image as one matmul (_MATMUL_MAX_ROWS)."""
+
+    def __init__(self, *args, impl: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.impl = impl or _defaults["small_conv"]
+        if self.impl not in SMALL_CONV_IMPLS:
+            raise ValueError(f"Conv2D impl must be one of {SMALL_CONV_IMPLS}")
+
+    def convolution_op(self, inputs, kernel):
+        h, w = inputs.shape[1], inputs.shape[2]
+        rows = None
+        if h is not None and w is not None:
+            k, s = self.kernel_size[0], self.strides[0]
+            if self.padding == "same":
+                rows = -(-h // s) * -(-w // s)
+            else:
+                rows = max((h - k) // s + 1, 0) * max((w - k) // s + 1, 0)
+        if not _matmul_shaped(self, rows, "conv"):
+            return super().convolution_op(inputs, kernel)
+        return conv2d_as_matmul(inputs, kernel, self.strides[0], self.padding)
+
+    def get_config(self):
+        return {**super().get_config(), "impl": self.impl}
+
+
+@keras.saving.register_keras_serializable(package="cyclegan")
+class Conv2DTranspose(keras.layers.Conv2DTranspose):
+    """keras.layers.Conv2DTranspose (same weights, same function) that, with `impl="matmul"`,
+    computes layers with at most 16 input pixels per image as one matmul (_MATMUL_MAX_ROWS)."""
+
+    def __init__(self, *args, impl: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.impl = impl or _defaults["small_conv"]
+        if self.impl not in SMALL_CONV_IMPLS:
+            raise ValueError(f"Conv2DTranspose impl must be one of {SMALL_CONV_IMPLS}")
+
+    def call(self, inputs):
+        h, w = inputs.shape[1], inputs.shape[2]
+        rows = h * w if h is not None and w is not None else None
+        if (
+            not _matmul_shaped(self, rows, "transpose")
+            or self.output_padding is not None
+            or self.kernel_size[0] % self.strides[0]
+        ):
+            return super().call(inputs)
+        outputs = conv2d_transpose_as_matmul(inputs, self.kernel, self.strides[0], self.padding)
+        if self.use_bias:
+            outputs = keras.ops.add(outputs, keras.ops.reshape(self.bias, (1, 1, 1, -1)))
+        return self.activation(outputs) if self.activation is not None else outputs
+
+    def get_config(self):
+        return {**super().get_config(), "impl": self.impl}
