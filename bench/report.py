@@ -38,14 +38,15 @@ NOTES = """\
   (`tf.nn.moments`) and Keras Adam. The project's step is `cyclegan.train.CycleGAN.train_step`
   through `distributed_step`, with the `train.*` options named in the row.
 - **What the project's fp32 step changes**, keeping the seed's structure (one persistent tape,
-  one optimizer for G+F, one per D): `fuse_calls` (G on [photo; monet] and F on [monet; photo]:
-  4 generator calls instead of 6; each D on [real; fake]: 2 calls instead of 4; instance norm
+  one optimizer for G+F, one per D): `fuse_calls` (G on [photo; monet], F on [monet; photo; G(photo)],
+  G on F(monet): 3 generator calls instead of 6, the fewest the two cycles allow; each D on
+  [real; fake]: 2 calls instead of 4; instance norm
   is per image, so each image's result is the separate call's); `instance_norm: fused` (one
   fused batch-norm kernel per image forward and one backward instead of ~15 elementwise and
   reduction ops; `moments` below 16×16 px, where it is faster); Adam as one
   `ResourceApplyAdam` kernel per variable (Keras' formula, same slots and checkpoints; equal to
   Keras Adam to 1e-6 in the tests); `small_conv: matmul` (convolutions with at most 2×2
-  output pixels per image, transposed ones with at most 4×4 input pixels, run as one matmul:
+  output pixels per image, transposed ones with at most 8×8 input pixels, run as one matmul:
   im2col + matmul, or matmul + overlap-add; these are the U-Net's innermost 512–1024-channel
   layers, 4–34 MB of weights each for a few MFLOP, where oneDNN's conv kernels ran at 1–3
   GFLOP/s; the same weights, the same function, equal to TF's ops to 1e-5 in the tests, forward

@@ -316,7 +316,7 @@ def test_small_conv_layers_are_keras_layers_computed_by_matmul(cls, keras_cls, s
     assert "MatMul" in ops or "BatchMatMulV2" in ops
     assert not ops & {"Conv2D", "Conv2DBackpropInput"}
     assert tf.function(mine)(x).shape == ref(x).shape
-    big = tf.TensorSpec([None, 8, 8, 6], tf.float32)  # 8x8 -> 4x4 / 8x8 -> 16x16: TF's op
+    big = tf.TensorSpec([None, 16, 16, 6], tf.float32)  # 16x16 -> 8x8 / 16x16 -> 32x32: TF conv
     unknown = tf.TensorSpec([None, None, None, 6], tf.float32)
     for spec in (big, unknown):
         assert _op_types(mine, spec) & {"Conv2D", "Conv2DBackpropInput"}

@@ -5,9 +5,9 @@ GradientTape around G, F, D_X, D_Y; one optimizer for G and F together, one per 
 Names follow the paper: G: X->Y (photo->Monet), F: Y->X, D_X judges photos, D_Y paintings.
 
 Speed options (params `train.*`, measured in docs/BENCHMARKS.md):
-- `fuse_calls`: G on [photo; monet] (fake + identity) in one call, F likewise, and each D on
-  [real; fake (; pooled fake)] in one call: 4 generator and 2 discriminator calls instead of
-  6 and 4 (6). Instance norm is per image and there is no batch norm, so each image's result
+- `fuse_calls`: G on [photo; monet] (fake + identity), F on [monet; photo; fake Monet] (fake,
+  identity, cycled photo), G on the fake photos (cycled Monet), and each D on [real; fake
+  (; pooled fake)]: 3 generator and 2 discriminator calls instead of 6 and 4 (6). Instance norm is per image and there is no batch norm, so each image's result
   is the one of the separate calls (up to float summation order; dropout masks are drawn for
   the concatenated batch instead, same distribution).
 - `jit_compile`: XLA-compile the step.
@@ -15,7 +15,7 @@ Speed options (params `train.*`, measured in docs/BENCHMARKS.md):
   float32 instance-norm statistics; `fp16` adds dynamic loss scaling (for GPUs).
 - `instance_norm`: `fused` (per-image fused batch-norm kernels) or `moments` (tf.nn.moments).
 - `small_conv`: `matmul` runs convolutions with at most 2x2 output pixels per image (transposed:
-  4x4 input; the U-Net's innermost layers, where most of its weights are) as one matmul each;
+  8x8 input; the U-Net's innermost layers, where most of its weights are) as one matmul each;
   `native`: TF's conv ops.
 - Adam's update runs as one fused kernel per variable (ResourceApplyAdam, Keras' formula).
 """
@@ -254,17 +254,22 @@ class CycleGAN(tf.Module):
     def _generate(self, photo, monet):
         """fake, cycled and identity images of both domains (seed: six generator calls)."""
         G, F = self.G, self.F
-        if self.cfg.fuse_calls:  # G on [photo; monet] = (fake Monet, identity Monet), F alike
+        if self.cfg.fuse_calls:
+            # G on [photo; monet]: fake and identity Monet; F on [monet; photo; fake Monet]:
+            # fake photo, identity photo, cycled photo; G on the fake photos: cycled Monet.
+            # 3 calls, the fewest the two cycles allow (each needs the other generator first).
             n = _batch(photo)
             both = G(tf.concat([photo, monet], 0), training=True)
             fake_monet, same_monet = both[:n], both[n:]
-            both = F(tf.concat([monet, photo], 0), training=True)
-            fake_photo, same_photo = both[:n], both[n:]
-        else:
-            fake_monet = G(photo, training=True)
-            fake_photo = F(monet, training=True)
-            same_monet = G(monet, training=True)
-            same_photo = F(photo, training=True)
+            parts = [monet, photo, fake_monet]
+            three = F(tf.concat([tf.cast(p, F.compute_dtype) for p in parts], 0), training=True)
+            fake_photo, same_photo, cycled_photo = three[:n], three[n : 2 * n], three[2 * n :]
+            cycled_monet = G(fake_photo, training=True)
+            return fake_monet, cycled_photo, fake_photo, cycled_monet, same_monet, same_photo
+        fake_monet = G(photo, training=True)  # the seed's six calls
+        fake_photo = F(monet, training=True)
+        same_monet = G(monet, training=True)
+        same_photo = F(photo, training=True)
         cycled_photo = F(fake_monet, training=True)
         cycled_monet = G(fake_photo, training=True)
         return fake_monet, cycled_photo, fake_photo, cycled_monet, same_monet, same_photo

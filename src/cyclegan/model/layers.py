@@ -22,10 +22,11 @@ _FUSED_MIN_PIXELS = 256
 # image (output pixels of a conv, input pixels of a transposed conv) runs as that one matmul.
 # These are the U-Net's innermost 512-1024-channel layers, where most of its weights are:
 # oneDNN's conv kernels stream those 4-34 MB of weights several times slower than a matmul does.
-# Measured fwd+bwd on 2 cores, batch 1-2, fp32/bf16 (matmul speed / conv speed): conv with 2x2
-# output 1.8-2.5x, 4x4 output 0.8-1.3x; transposed conv from 2x2 3-8.5x, from 4x4 0.9-2.4x,
-# from 8x8 0.55-2.2x. Whole train step: see docs/BENCHMARKS.md.
-_MATMUL_MAX_ROWS = {"conv": 4, "transpose": 16}
+# Chosen on the whole train step (2 cores, fp32 and bf16, 64-256 px; docs/BENCHMARKS.md):
+# transposed convs from up to 8x8 px 3-7% faster than up to 4x4, from 16x16 no faster; convs
+# to 4x4 px no faster than to 2x2. Single layers, fwd+bwd (matmul speed / conv speed): conv to
+# 2x2 1.8-2.5x, transposed from 2x2 3-8.5x, from 4x4 0.9-2.4x.
+_MATMUL_MAX_ROWS = {"conv": 4, "transpose": 64}
 
 
 def conv_init() -> keras.initializers.Initializer:
@@ -162,14 +163,14 @@ def conv2d_transpose_as_matmul(
         tf.reshape(x, [-1, c_in]), tf.reshape(kernel, [k * k * c_out, c_in]), transpose_b=True
     )
     patches = tf.reshape(patches, [-1, h, w, q, s, q, s, c_out])
+    # one transpose puts the q x q kernel blocks first; unstacking them is free (slicing each
+    # block out of place instead costs 1.1-1.5x the whole layer, forward + backward)
+    patches = tf.transpose(patches, [3, 5, 0, 1, 2, 4, 6, 7])  # qh, qw, n, h, w, rh, rw, c
+    blocks = tf.unstack(tf.reshape(patches, [q * q, -1, h, w, s, s, c_out]))
     full = tf.add_n(
         [
-            tf.pad(
-                patches[:, :, :, qh, :, qw],  # [n, h, w, s, s, c_out]: row phase, column phase
-                [[0, 0], [qh, q - 1 - qh], [qw, q - 1 - qw], [0, 0], [0, 0], [0, 0]],
-            )
-            for qh in range(q)
-            for qw in range(q)
+            tf.pad(block, [[0, 0], [qh, q - 1 - qh], [qw, q - 1 - qw], [0, 0], [0, 0], [0, 0]])
+            for (qh, qw), block in ((divmod(i, q), block) for i, block in enumerate(blocks))
         ]
     )
     full_h, full_w = s * (h + q - 1), s * (w + q - 1)  # = (h - 1) * s + k
@@ -228,7 +229,7 @@ class Conv2D(keras.layers.Conv2D):
 @keras.saving.register_keras_serializable(package="cyclegan")
 class Conv2DTranspose(keras.layers.Conv2DTranspose):
     """keras.layers.Conv2DTranspose (same weights, same function) that, with `impl="matmul"`,
-    computes layers with at most 16 input pixels per image as one matmul (_MATMUL_MAX_ROWS)."""
+    computes layers with at most 64 input pixels per image as one matmul (_MATMUL_MAX_ROWS)."""
 
     def __init__(self, *args, impl: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
