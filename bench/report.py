@@ -51,6 +51,18 @@ NOTES = """\
   layers, 4–34 MB of weights each for a few MFLOP, where oneDNN's conv kernels ran at 1–3
   GFLOP/s; the same weights, the same function, equal to TF's ops to 1e-5 in the tests, forward
   and both gradients). The ablation rows switch these off one at a time, then all together.
+- **Where the rest of the step goes** (TF profiler, op self-times, 128 px): convolutions and
+  matmul convs ~75%, Adam ~6-8% (one fused kernel per variable, but 2 x 42 M generator
+  parameters are ~2.4 GB of memory traffic a step), under bf16 the casts of float32 weights at
+  every call ~8%, instance norm ~3%. At 256 px the U-Net's and PatchGAN's big layers alone
+  (fwd + bwd, batch 2) run at 146-209 GFLOP/s fp32 (66-94% of the peak below) and 302-368
+  GFLOP/s bf16 (66-81%); the step's 70% / 58% is close to that, so 2x fp32 at 256 px (the
+  seed already at ~50% of the peak) is out of reach of any CPU step here, and 3x bf16 would
+  need the step at ~78% of the bf16 peak. Tried and dropped: sub-pixel (4 phase convs) and
+  space-to-depth forms of the big transposed / strided convs (0.4-0.9x oneDNN's own), matmul
+  convs for 4x4-output convs and 16x16-input transposed convs (no faster on the whole step),
+  one inter-op thread (slower), avoiding TF's remapper failure on the PatchGAN's first layer
+  (no change).
 - **Noise.** Differences under ~5% between rows of one size are within the run-to-run spread
   here. The fused instance norm is 2–3× faster than `tf.nn.moments` per call (fwd + bwd, from
   16×16 px up) but the step is convolution-bound: a separate 5–6-round comparison measured
