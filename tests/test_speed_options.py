@@ -241,6 +241,7 @@ CONVS = [  # (input side, kernel, stride, padding, c_in, c_out): the U-Net's, an
     (2, 4, 2, "same", 6, 5),  # -> 1x1
     (5, 4, 2, "same", 3, 4),  # odd side: TF puts the odd pad pixel last
     (3, 3, 1, "valid", 4, 2),
+    (2, 3, 1, "same", 4, 2),  # the U-Net's resize_conv layers
     (6, 4, 1, "valid", 2, 3),  # the PatchGAN's stride-1 layers
 ]
 TRANSPOSED = [
