@@ -49,9 +49,12 @@ def layer_impls(**impls: str):
         _defaults.update(previous)
 
 
-def instance_norm_impl(impl: str):
-    """InstanceNorm layers built inside this block use `impl` (train.instance_norm)."""
-    return layer_impls(instance_norm=impl)
+def _chosen_impl(kind: str, impl: str | None) -> str:
+    """A layer's `impl`: the one given (from its config), else the layer_impls() default."""
+    impl = impl or _defaults[kind]
+    if impl not in _CHOICES[kind]:
+        raise ValueError(f"{kind} impl must be one of {_CHOICES[kind]}, got {impl!r}")
+    return impl
 
 
 def instance_norm_moments(x: tf.Tensor, epsilon: float) -> tf.Tensor:
@@ -95,9 +98,7 @@ class InstanceNorm(keras.layers.Layer):
     def __init__(self, epsilon: float = 1e-5, impl: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.epsilon = epsilon
-        self.impl = impl or _defaults["instance_norm"]
-        if self.impl not in INSTANCE_NORM_IMPLS:
-            raise ValueError(f"InstanceNorm impl must be one of {INSTANCE_NORM_IMPLS}")
+        self.impl = _chosen_impl("instance_norm", impl)
 
     def call(self, x):
         n, h, w = x.shape[0], x.shape[1], x.shape[2]
@@ -182,8 +183,8 @@ def conv2d_transpose_as_matmul(
 
 
 def _matmul_shaped(layer, rows_per_image: int | None, kind: str) -> bool:
-    """Whether `layer` runs as a matmul on `x`: small_conv matmul, a square kernel and stride,
-    no dilation, channels-last, static image size, few enough rows."""
+    """Whether `layer` runs as a matmul: small_conv matmul, a square kernel and stride, no
+    dilation, channels-last, a static image size giving few enough rows."""
     k, s = layer.kernel_size, layer.strides
     return (
         layer.impl == "matmul"
@@ -198,16 +199,21 @@ def _matmul_shaped(layer, rows_per_image: int | None, kind: str) -> bool:
     )
 
 
-@keras.saving.register_keras_serializable(package="cyclegan")
-class Conv2D(keras.layers.Conv2D):
-    """keras.layers.Conv2D (same weights, same function) that, with `impl="matmul"`, computes
-    layers with at most 4 output pixels per image as one matmul (_MATMUL_MAX_ROWS)."""
+class _SmallConvImpl:
+    """The `impl` option shared by Conv2D and Conv2DTranspose: stored in the config."""
 
     def __init__(self, *args, impl: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.impl = impl or _defaults["small_conv"]
-        if self.impl not in SMALL_CONV_IMPLS:
-            raise ValueError(f"Conv2D impl must be one of {SMALL_CONV_IMPLS}")
+        self.impl = _chosen_impl("small_conv", impl)
+
+    def get_config(self):
+        return {**super().get_config(), "impl": self.impl}
+
+
+@keras.saving.register_keras_serializable(package="cyclegan")
+class Conv2D(_SmallConvImpl, keras.layers.Conv2D):
+    """keras.layers.Conv2D (same weights, same function) that, with `impl="matmul"`, computes
+    layers with at most 4 output pixels per image as one matmul (_MATMUL_MAX_ROWS)."""
 
     def convolution_op(self, inputs, kernel):
         h, w = inputs.shape[1], inputs.shape[2]
@@ -222,20 +228,11 @@ class Conv2D(keras.layers.Conv2D):
             return super().convolution_op(inputs, kernel)
         return conv2d_as_matmul(inputs, kernel, self.strides[0], self.padding)
 
-    def get_config(self):
-        return {**super().get_config(), "impl": self.impl}
-
 
 @keras.saving.register_keras_serializable(package="cyclegan")
-class Conv2DTranspose(keras.layers.Conv2DTranspose):
+class Conv2DTranspose(_SmallConvImpl, keras.layers.Conv2DTranspose):
     """keras.layers.Conv2DTranspose (same weights, same function) that, with `impl="matmul"`,
     computes layers with at most 64 input pixels per image as one matmul (_MATMUL_MAX_ROWS)."""
-
-    def __init__(self, *args, impl: str | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.impl = impl or _defaults["small_conv"]
-        if self.impl not in SMALL_CONV_IMPLS:
-            raise ValueError(f"Conv2DTranspose impl must be one of {SMALL_CONV_IMPLS}")
 
     def call(self, inputs):
         h, w = inputs.shape[1], inputs.shape[2]
@@ -250,6 +247,3 @@ class Conv2DTranspose(keras.layers.Conv2DTranspose):
         if self.use_bias:
             outputs = keras.ops.add(outputs, keras.ops.reshape(self.bias, (1, 1, 1, -1)))
         return self.activation(outputs) if self.activation is not None else outputs
-
-    def get_config(self):
-        return {**super().get_config(), "impl": self.impl}
