@@ -25,6 +25,8 @@ from cyclegan.model.layers import (
     conv2d_transpose_as_matmul,
     instance_norm_fused,
     instance_norm_moments,
+    matmul_by_weights,
+    matmul_by_weights_transposed,
 )
 from cyclegan.train import CycleGAN, FusedAdam, distributed_step
 
@@ -285,6 +287,34 @@ def test_transposed_conv_as_matmul_equals_tf_conv2d_transpose(
     for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_weight_matmuls_equal_tf_matmul_and_avoid_its_slow_transposed_form(transposed):
+    """The convs' matmuls: same values and gradients as tf.matmul, and no MatMul op with
+    transpose_b (oneDNN runs that form 2-5x slower in float32 for few rows; BatchMatMulV2)."""
+    rng = np.random.default_rng(5)
+    rows = tf.constant(rng.normal(size=(6, 7)), tf.float32)
+    weights = tf.constant(rng.normal(size=(9, 7) if transposed else (7, 9)), tf.float32)
+    ours = matmul_by_weights_transposed if transposed else matmul_by_weights
+
+    def products(fn):
+        def run(rows, weights):
+            with tf.GradientTape() as tape:
+                tape.watch([rows, weights])
+                y = fn(rows, weights)
+            dy = tf.reshape(tf.range(54, dtype=tf.float32) / 7.0, y.shape)
+            return [y, *tape.gradient(y, [rows, weights], output_gradients=dy)]
+
+        return run
+
+    want = products(lambda a, b: tf.matmul(a, b, transpose_b=transposed))(rows, weights)
+    got = products(ours)(rows, weights)
+    for g, w in zip(got, want, strict=True):  # output, rows' gradient, weights' gradient
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-5)
+    graph = tf.function(products(ours)).get_concrete_function(rows, weights).graph
+    matmuls = [op for op in graph.get_operations() if op.type == "MatMul"]
+    assert matmuls and not any(op.get_attr("transpose_b") for op in matmuls)
 
 
 def _op_types(fn, spec):

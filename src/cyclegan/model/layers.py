@@ -24,8 +24,9 @@ _FUSED_MIN_PIXELS = 256
 # oneDNN's conv kernels stream those 4-34 MB of weights several times slower than a matmul does.
 # Chosen on the whole train step (2 cores, fp32 and bf16, 64-256 px; docs/BENCHMARKS.md):
 # transposed convs from up to 8x8 px 3-7% faster than up to 4x4, from 16x16 no faster; convs
-# to 4x4 px no faster than to 2x2. Single layers, fwd+bwd (matmul speed / conv speed): conv to
-# 2x2 1.8-2.5x, transposed from 2x2 3-8.5x, from 4x4 0.9-2.4x.
+# to 4x4 px no faster than to 2x2, nor transposed ones from 16x16. Single layers, fwd+bwd, fp32
+# (matmul speed / conv speed): conv to 1x1-2x2 2.3-2.7x, transposed from 2x2 3-8.5x, from
+# 4x4-8x8 1.7-3.8x (with the products of matmul_by_weights; plain tf.matmul: 1.3-2.2x).
 _MATMUL_MAX_ROWS = {"conv": 4, "transpose": 64}
 
 
@@ -133,6 +134,34 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def _matmul_transposed(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """a @ b^T. TF's MatMul with transpose_b runs 2-5x slower in float32 on oneDNN than this
+    (BatchMatMulV2 with adj_y) when `a` has few rows and `b` is a big weight matrix (measured
+    on 2 cores: 48 x 1024 times 1024 x 8192: 51 vs 163 GFLOP/s; bf16 runs fast either way)."""
+    return tf.raw_ops.BatchMatMulV2(x=a, y=b, adj_y=True)
+
+
+@tf.custom_gradient
+def matmul_by_weights(rows: tf.Tensor, weights: tf.Tensor):
+    """rows @ weights ([M, K] x [K, N]) whose gradients run no a @ b^T product through MatMul
+    (see _matmul_transposed): the rows' gradient is the one such product here."""
+
+    def gradients(upstream):
+        return _matmul_transposed(upstream, weights), tf.matmul(rows, upstream, transpose_a=True)
+
+    return tf.matmul(rows, weights), gradients
+
+
+@tf.custom_gradient
+def matmul_by_weights_transposed(rows: tf.Tensor, weights: tf.Tensor):
+    """rows @ weights^T ([M, K] x [N, K]^T), the forward product as _matmul_transposed."""
+
+    def gradients(upstream):
+        return tf.matmul(upstream, weights), tf.matmul(upstream, rows, transpose_a=True)
+
+    return _matmul_transposed(rows, weights), gradients
+
+
 def conv2d_as_matmul(x: tf.Tensor, kernel: tf.Tensor, stride: int, padding: str) -> tf.Tensor:
     """tf.nn.conv2d (NHWC, square kernel [k, k, c_in, c_out], square stride) as im2col + one
     matmul: the k*k shifted views of the input side by side, times the kernel as a matrix."""
@@ -147,7 +176,7 @@ def conv2d_as_matmul(x: tf.Tensor, kernel: tf.Tensor, stride: int, padding: str)
         for b in range(k)
     ]  # ordered as the kernel's (row, column, channel) axes
     columns = tf.reshape(tf.concat(views, axis=-1), [-1, k * k * c_in])
-    out = tf.matmul(columns, tf.reshape(kernel, [k * k * c_in, c_out]))
+    out = matmul_by_weights(columns, tf.reshape(kernel, [k * k * c_in, c_out]))
     return tf.reshape(out, [-1, out_h, out_w, c_out])
 
 
@@ -160,8 +189,8 @@ def conv2d_transpose_as_matmul(
     k, _, c_out, c_in = kernel.shape
     s, q = stride, k // stride
     h, w = x.shape[1], x.shape[2]
-    patches = tf.matmul(
-        tf.reshape(x, [-1, c_in]), tf.reshape(kernel, [k * k * c_out, c_in]), transpose_b=True
+    patches = matmul_by_weights_transposed(
+        tf.reshape(x, [-1, c_in]), tf.reshape(kernel, [k * k * c_out, c_in])
     )
     patches = tf.reshape(patches, [-1, h, w, q, s, q, s, c_out])
     # one transpose puts the q x q kernel blocks first; unstacking them is free (slicing each
