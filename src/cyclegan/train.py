@@ -6,8 +6,9 @@ Names follow the paper: G: X->Y (photo->Monet), F: Y->X, D_X judges photos, D_Y 
 
 Speed options (params `train.*`, measured in docs/BENCHMARKS.md):
 - `fuse_calls`: G on [photo; monet] (fake + identity), F on [monet; photo; fake Monet] (fake,
-  identity, cycled photo), G on the fake photos (cycled Monet), and each D on [real; fake
-  (; pooled fake)]: 3 generator and 2 discriminator calls instead of 6 and 4 (6). Instance
+  identity, cycled photo), G on the fake photos (cycled Monet), and each D on [real; fake]
+  (with an image pool: on [real; pooled fake] and on [fake]): 3 generator and 2 (4)
+  discriminator calls instead of 6 and 4 (6). Instance
   norm is per image and there is no batch norm, so each image's result is the one of the
   separate calls (up to float summation order; dropout masks are drawn for
   the concatenated batch instead, same distribution).
@@ -277,16 +278,23 @@ class CycleGAN(tf.Module):
 
     def _judge(self, D, real, fake, pooled):
         """D's logits on real, fake (for the generator loss) and the fakes D learns from
-        (`pooled`, None = the same fakes): one call on the concatenation with fuse_calls."""
+        (`pooled`, None = the same fakes). With fuse_calls: one call on [real; fake]; with a
+        pool, one on D's own batch [real; pooled] and one on [fake], as batching all three would
+        run each loss's backward pass over images it does not depend on (5-11% slower)."""
         if not self.cfg.fuse_calls:
             real_logits, fake_logits = D(real, training=True), D(fake, training=True)
             pooled_logits = fake_logits if pooled is None else D(pooled, training=True)
             return real_logits, fake_logits, pooled_logits
-        parts = [real, fake] + ([] if pooled is None else [pooled])
-        logits = D(tf.concat([tf.cast(p, D.compute_dtype) for p in parts], 0), training=True)
         n = _batch(real)
-        real_logits, fake_logits = logits[:n], logits[n : 2 * n]
-        return real_logits, fake_logits, fake_logits if pooled is None else logits[2 * n :]
+        if pooled is None:
+            logits = D(
+                tf.concat([tf.cast(p, D.compute_dtype) for p in (real, fake)], 0), training=True
+            )
+            return logits[:n], logits[n:], logits[n:]
+        logits = D(
+            tf.concat([tf.cast(p, D.compute_dtype) for p in (real, pooled)], 0), training=True
+        )
+        return logits[:n], D(fake, training=True), logits[n:]
 
     def train_step(self, photo: tf.Tensor, monet: tf.Tensor) -> dict[str, tf.Tensor]:
         """One replica's step: the seed's structure, losses averaged over the global batch."""
