@@ -40,7 +40,9 @@ NOTES = """\
 - **What the project's fp32 step changes**, keeping the seed's structure (one persistent tape,
   one optimizer for G+F, one per D): `fuse_calls` (G on [photo; monet], F on [monet; photo; G(photo)],
   G on F(monet): 3 generator calls instead of 6, the fewest the two cycles allow; each D on
-  [real; fake]: 2 calls instead of 4; instance norm
+  [real; fake]: 2 calls instead of 4; with the image pool of real training, on [real; pooled]
+  and on [fake], so each loss's backward pass runs over its own images only: 11% (fp32) and 5%
+  (bf16) faster than one call on all three, A/B at 128 px; instance norm
   is per image, so each image's result is the separate call's); `instance_norm: fused` (one
   fused batch-norm kernel per image forward and one backward instead of ~15 elementwise and
   reduction ops; `moments` below 16×16 px, where it is faster); Adam as one
@@ -50,7 +52,9 @@ NOTES = """\
   im2col + matmul, or matmul + overlap-add; these are the U-Net's innermost 512–1024-channel
   layers, 4–34 MB of weights each for a few MFLOP, where oneDNN's conv kernels ran at 1–3
   GFLOP/s; the same weights, the same function, equal to TF's ops to 1e-5 in the tests, forward
-  and both gradients). The ablation rows switch these off one at a time, then all together.
+  and both gradients; every a·bᵀ product, forward or backward, runs as BatchMatMulV2: oneDNN's
+  MatMul with transpose_b is 2–5× slower in fp32 for a few rows times a big weight matrix,
+  which made the whole 128 px fp32 step ~8% slower). The ablation rows switch these off one at a time, then all together.
 - **Where the rest of the step goes** (TF profiler, op self-times, 128 px): convolutions and
   matmul convs ~75%, Adam ~6-8% (one fused kernel per variable, but 2 x 42 M generator
   parameters are ~2.4 GB of memory traffic a step), under bf16 the casts of float32 weights at
@@ -62,7 +66,9 @@ NOTES = """\
   space-to-depth forms of the big transposed / strided convs (0.4-0.9x oneDNN's own), matmul
   convs for 4x4-output convs and 16x16-input transposed convs (no faster on the whole step),
   one inter-op thread (slower), avoiding TF's remapper failure on the PatchGAN's first layer
-  (no change).
+  (no change), under bf16 one cast per kernel per step shared by G's two calls instead of
+  Keras' cast per call (0–1.6%, within the noise), and without a pool D on [real] and [fake]
+  separately (−2% to +5%, no consistent gain).
 - **Noise.** Differences under ~5% between rows of one size are within the run-to-run spread
   here. The fused instance norm is 2–3× faster than `tf.nn.moments` per call (fwd + bwd, from
   16×16 px up) but the step is convolution-bound: a separate 5–6-round comparison measured
