@@ -286,15 +286,11 @@ class CycleGAN(tf.Module):
             pooled_logits = fake_logits if pooled is None else D(pooled, training=True)
             return real_logits, fake_logits, pooled_logits
         n = _batch(real)
-        if pooled is None:
-            logits = D(
-                tf.concat([tf.cast(p, D.compute_dtype) for p in (real, fake)], 0), training=True
-            )
-            return logits[:n], logits[n:], logits[n:]
-        logits = D(
-            tf.concat([tf.cast(p, D.compute_dtype) for p in (real, pooled)], 0), training=True
-        )
-        return logits[:n], D(fake, training=True), logits[n:]
+        learns_from = fake if pooled is None else pooled
+        parts = [tf.cast(p, D.compute_dtype) for p in (real, learns_from)]
+        logits = D(tf.concat(parts, 0), training=True)
+        fake_logits = logits[n:] if pooled is None else D(fake, training=True)
+        return logits[:n], fake_logits, logits[n:]
 
     def train_step(self, photo: tf.Tensor, monet: tf.Tensor) -> dict[str, tf.Tensor]:
         """One replica's step: the seed's structure, losses averaged over the global batch."""
