@@ -8,10 +8,9 @@ Speed options (params `train.*`, measured in docs/BENCHMARKS.md):
 - `fuse_calls`: G on [photo; monet] (fake + identity), F on [monet; photo; fake Monet] (fake,
   identity, cycled photo), G on the fake photos (cycled Monet), and each D on [real; fake]
   (with an image pool: on [real; pooled fake] and on [fake]): 3 generator and 2 (4)
-  discriminator calls instead of 6 and 4 (6). Instance
-  norm is per image and there is no batch norm, so each image's result is the one of the
-  separate calls (up to float summation order; dropout masks are drawn for
-  the concatenated batch instead, same distribution).
+  discriminator calls instead of 6 and 4 (6). Instance norm is per image and there is no
+  batch norm, so each image's result is the one of the separate calls (up to float summation
+  order; dropout masks are drawn for the concatenated batch instead, same distribution).
 - `jit_compile`: XLA-compile the step.
 - `mixed_precision`: `bf16` / `fp16` compute with float32 variables, float32 losses and
   float32 instance-norm statistics; `fp16` adds dynamic loss scaling (for GPUs).

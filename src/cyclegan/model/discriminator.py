@@ -13,7 +13,7 @@ from cyclegan.model.layers import Conv2D, InstanceNorm, conv_init
 def _c(x, filters, stride, name, norm=True, activation=True):
     x = layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
     x = Conv2D(filters, 4, strides=stride, padding="valid", use_bias=True,
-                      kernel_initializer=conv_init(), name=f"{name}_conv")(x)  # fmt: skip
+               kernel_initializer=conv_init(), name=f"{name}_conv")(x)  # fmt: skip
     if norm:
         x = InstanceNorm(name=f"{name}_norm")(x)
     if activation:

@@ -105,7 +105,7 @@ def unet_generator(ngf=64, image_size=256, upsample="transpose", name="G") -> ke
     x, skips = inputs, []
     for i, f in enumerate(filters):
         x = Conv2D(f, 4, strides=2, padding="same", use_bias=False,
-                          kernel_initializer=conv_init(), name=f"down{i + 1}_conv")(x)  # fmt: skip
+                   kernel_initializer=conv_init(), name=f"down{i + 1}_conv")(x)  # fmt: skip
         if i > 0:
             x = InstanceNorm(name=f"down{i + 1}_norm")(x)
         x = layers.LeakyReLU(0.2, name=f"down{i + 1}_lrelu")(x)
@@ -113,18 +113,18 @@ def unet_generator(ngf=64, image_size=256, upsample="transpose", name="G") -> ke
     for i, (f, skip) in enumerate(zip(reversed(filters[:-1]), reversed(skips[:-1]), strict=True)):
         if upsample == "transpose":
             x = Conv2DTranspose(f, 4, strides=2, padding="same", use_bias=False,
-                                       kernel_initializer=conv_init(), name=f"up{i + 1}_convT")(x)  # fmt: skip
+                                kernel_initializer=conv_init(), name=f"up{i + 1}_convT")(x)  # fmt: skip
         else:
             x = layers.UpSampling2D(2, name=f"up{i + 1}_resize")(x)
             x = Conv2D(f, 3, padding="same", use_bias=False,
-                              kernel_initializer=conv_init(), name=f"up{i + 1}_conv")(x)  # fmt: skip
+                       kernel_initializer=conv_init(), name=f"up{i + 1}_conv")(x)  # fmt: skip
         x = InstanceNorm(name=f"up{i + 1}_norm")(x)
         if i < 3:
             x = layers.Dropout(0.5, name=f"up{i + 1}_dropout")(x)
         x = layers.ReLU(name=f"up{i + 1}_relu")(x)
         x = layers.Concatenate(name=f"up{i + 1}_skip")([x, skip])
     outputs = Conv2DTranspose(3, 4, strides=2, padding="same", activation="tanh",
-                                     kernel_initializer=conv_init(), name="last")(x)  # fmt: skip
+                              kernel_initializer=conv_init(), name="last")(x)  # fmt: skip
     return keras.Model(inputs, outputs, name=name)
 
 

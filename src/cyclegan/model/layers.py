@@ -207,7 +207,7 @@ def conv2d_transpose_as_matmul(
     full = tf.reshape(tf.transpose(full, [0, 1, 3, 2, 4, 5]), [-1, full_h, full_w, c_out])
     if padding == "valid":
         return full
-    top, left = max(k - s, 0) // 2, max(k - s, 0) // 2  # the forward conv's "same" padding
+    top = left = max(k - s, 0) // 2  # the forward conv's "same" padding
     return full[:, top : top + h * s, left : left + w * s]
 
 
@@ -245,14 +245,8 @@ class Conv2D(_SmallConvImpl, keras.layers.Conv2D):
     layers with at most 4 output pixels per image as one matmul (_MATMUL_MAX_ROWS)."""
 
     def convolution_op(self, inputs, kernel):
-        h, w = inputs.shape[1], inputs.shape[2]
-        rows = None
-        if h is not None and w is not None:
-            k, s = self.kernel_size[0], self.strides[0]
-            if self.padding == "same":
-                rows = -(-h // s) * -(-w // s)
-            else:
-                rows = max((h - k) // s + 1, 0) * max((w - k) // s + 1, 0)
+        _, out_h, out_w, _ = self.compute_output_shape(inputs.shape)
+        rows = out_h * out_w if out_h is not None and out_w is not None else None
         if not _matmul_shaped(self, rows, "conv"):
             return super().convolution_op(inputs, kernel)
         return conv2d_as_matmul(inputs, kernel, self.strides[0], self.padding)
