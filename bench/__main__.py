@@ -7,15 +7,20 @@ fit in about 15 minutes on 2 CPU cores; `--full` measures longer and at more set
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import time
 
-from bench.common import REPO, command_line, log, save
+from bench.common import REPO, command_line, log, report_path, results_dir, save
 
 ALL = ("train", "frechet", "data", "dvc")  # train measures the peak too; `peak` alone on request
+
+# `--malloc tuned`: glibc keeps freed memory mapped instead of returning it to the kernel, so a
+# big buffer freed and allocated again each step is not page-faulted (zeroed) in anew
+TUNED_MALLOC = {"MALLOC_TRIM_THRESHOLD_": str(16 << 30), "MALLOC_TOP_PAD_": str(1 << 30)}
 
 
 def parse(argv=None):
@@ -43,8 +48,22 @@ def parse(argv=None):
         action="store_true",
         help="dvc: the real params.yaml (quick: epochs shrunk for the clean run)",
     )
+    p.add_argument(
+        "--malloc",
+        choices=("default", "tuned"),
+        default="default",
+        help="train: run both steps under glibc's default malloc or one tuned to keep freed "
+        "memory (an allocator-sensitivity check; rows go to their own section, no targets)",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write result files and BENCHMARKS.md to DIR instead of bench/results and docs/",
+    )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.out:  # children inherit it
+        os.environ["BENCH_OUT"] = os.path.abspath(args.out)
     unknown = [n for n in args.names if n not in (*ALL, "peak", "report")]
     if unknown:
         p.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(ALL)}, peak, report")
@@ -74,6 +93,8 @@ def flags(args, sizes: bool = True) -> list[str]:
         out += ["--rounds", str(args.rounds)]
     if args.dvc_real:
         out.append("--dvc-real")
+    if args.malloc != "default":
+        out += ["--malloc", args.malloc]
     return out
 
 
@@ -89,8 +110,9 @@ def _train_sizes(sizes: list[int], args, command: str) -> tuple[list, dict]:
 
     measured = peak.measure(reps=5)
     # XLA on CPU is slower and compiles for minutes at 256 px: quick runs try it at 64 px
-    xla = _sizes(args.xla_sizes, sizes if args.full or args.gpu else [64])
-    abl = _sizes(args.ablation_sizes, sizes if args.full else [64, 128])
+    sensitivity = args.malloc != "default"  # the recommended variants only
+    xla = _sizes(args.xla_sizes, [] if sensitivity else sizes if args.full or args.gpu else [64])
+    abl = _sizes(args.ablation_sizes, [] if sensitivity else sizes if args.full else [64, 128])
     rows, infos = [], []
     for size in sizes:
         vs = train_step.variants(args.gpu, ablations=size in abl, jit=size in xla)
@@ -106,7 +128,6 @@ def _train_sizes(sizes: list[int], args, command: str) -> tuple[list, dict]:
 
 def _train_parts(sizes: list[int], args, command: str) -> tuple[list, dict]:
     from bench import peak
-    from bench.common import RESULTS
 
     rows, infos, measured = [], [], {}
     other = flags(args, sizes=False)
@@ -114,7 +135,7 @@ def _train_parts(sizes: list[int], args, command: str) -> tuple[list, dict]:
         env = {**os.environ, "BENCH_TRAIN_PART": "1", "BENCH_COMMAND": command}
         argv = [sys.executable, "-m", "bench", "train", "--child", *other, "--sizes", str(size)]
         subprocess.run(argv, cwd=REPO, env=env, check=True)
-        part_file = RESULTS / f"train_part_{size}.json"
+        part_file = results_dir() / f"train_part_{size}.json"
         part = json.loads(part_file.read_text())
         part_file.unlink()
         rows += [r for r in part["rows"] if r["bench"] == "train"]
@@ -147,6 +168,13 @@ def run_one(name: str, args) -> None:
                 return
         else:  # one process per size: memory is returned between sizes
             rows, extra = _train_parts(sizes, args, command)
+        if args.malloc != "default":
+            name = f"train_malloc_{args.malloc}"  # its own section; the peak rows stay train's
+            rows = [
+                dataclasses.replace(r, bench=name, target="", met=None)
+                for r in rows
+                if r.bench == "train"
+            ]
     elif name == "frechet":
         from bench import frechet
 
@@ -169,7 +197,7 @@ def run_one(name: str, args) -> None:
         raise ValueError(name)
     extra["load"] = f"{load_start} → {_load()}"
     path = save(name, rows, extra)
-    log(f"{name}: {len(rows)} rows -> {path.relative_to(REPO)}")
+    log(f"{name}: {len(rows)} rows -> {path}")
 
 
 def main(argv=None) -> int:
@@ -186,7 +214,10 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         log(f"=== {name} ===")
         argv_child = [sys.executable, "-m", "bench", name, "--child", *flags(args)]
-        proc = subprocess.run(argv_child, cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        if name == "train" and args.malloc == "tuned":
+            env.update(TUNED_MALLOC)
+        proc = subprocess.run(argv_child, cwd=REPO, env=env)
         log(
             f"=== {name}: {'ok' if proc.returncode == 0 else 'FAILED'} in {time.perf_counter() - t0:.0f}s"
         )
@@ -196,7 +227,7 @@ def main(argv=None) -> int:
         from bench import report
 
         report.write()
-        log(f"wrote {report.REPORT.relative_to(REPO)}")
+        log(f"wrote {report_path()}")
     if failed:
         log(f"failed: {', '.join(failed)}")
         print(json.dumps({"failed": failed}))

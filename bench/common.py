@@ -14,8 +14,26 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
-REPORT = REPO / "docs" / "BENCHMARKS.md"
+
+
+def results_dir() -> Path:
+    """bench/results, or $BENCH_OUT (`--out`: trial runs and tests keep the committed ones)."""
+    out = os.environ.get("BENCH_OUT")
+    return Path(out) if out else REPO / "bench" / "results"
+
+
+def report_path() -> Path:
+    """docs/BENCHMARKS.md, or BENCHMARKS.md in $BENCH_OUT."""
+    out = os.environ.get("BENCH_OUT")
+    return Path(out) / "BENCHMARKS.md" if out else REPO / "docs" / "BENCHMARKS.md"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Whole file or the old one: a killed benchmark never leaves half a result."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 @dataclasses.dataclass
@@ -70,6 +88,7 @@ def machine() -> dict:
     except ImportError:
         pass
     info["OPENBLAS_CORETYPE"] = os.environ.get("OPENBLAS_CORETYPE", "")
+    info["malloc_env"] = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
     return info
 
 
@@ -78,8 +97,7 @@ def command_line(args: list[str]) -> str:
 
 
 def save(name: str, rows: list[Row], extra: dict | None = None) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    path = results_dir() / f"{name}.json"
     payload = {
         "bench": name,
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -88,13 +106,13 @@ def save(name: str, rows: list[Row], extra: dict | None = None) -> Path:
         "rows": [dataclasses.asdict(r) for r in rows],
         "extra": extra or {},
     }
-    path.write_text(json.dumps(payload, indent=1, default=float) + "\n")
+    write_atomic(path, json.dumps(payload, indent=1, default=float) + "\n")
     return path
 
 
 def load_all() -> dict[str, dict]:
     out = {}
-    for path in sorted(RESULTS.glob("*.json")):
+    for path in sorted(results_dir().glob("*.json")):
         if path.name.startswith("train_part_"):  # a per-size piece of a running train benchmark
             continue
         data = json.loads(path.read_text())

@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, Row, log
+from bench.common import Row, log, results_dir
 
 SCALING_TARGET = 1.7
 INPUT_TARGET = 20.0
@@ -197,7 +197,7 @@ def large_photo_rows(root: Path, n: int, command: str) -> list[Row]:
 
 def train_consumption() -> dict[str, float]:
     """img/s of the train step at 256 px, from the train benchmark's results, if present."""
-    path = RESULTS / "train.json"
+    path = results_dir() / "train.json"
     if not path.is_file():
         return {}
     rows = json.loads(path.read_text())["rows"]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from bench.common import REPORT, fmt, git_revision, load_all
+from bench.common import fmt, git_revision, load_all, report_path, write_atomic
 
-ORDER = ("train", "input", "frechet", "preprocess", "dvc", "peak")
+ORDER = ("train", "train_malloc_tuned", "input", "frechet", "preprocess", "dvc", "peak")
 TITLES = {
     "train": "1–2. Train step: the project's step vs the seed's step (same process)",
+    "train_malloc_tuned": "1–2b. Allocator sensitivity: both steps under a tuned glibc malloc",
     "input": "3. Input pipeline vs what the train step consumes",
     "frechet": "4. Fréchet distance, d = 2048: `cyclegan.metrics.fid` vs `scipy.linalg.sqrtm`",
     "preprocess": "5. Preprocess JPEG → TFRecord, 1 vs 2 workers",
@@ -200,13 +201,16 @@ def _sections(results: dict) -> dict[str, list[tuple[dict, dict]]]:
 
 def _with_flops(results: dict) -> None:
     """Train rows: add achieved GFLOP/s and the share of the measured peak to the note."""
-    train = results.get("train")
-    if not train:
-        return
+    for key in ("train", "train_malloc_tuned"):
+        if key in results:
+            _add_flops(results[key], key)
+
+
+def _add_flops(train: dict, bench: str) -> None:
     peak = train["extra"].get("peak", {})
     for info in train["extra"].get("sizes", []):
         for row in train["rows"]:
-            if row["bench"] != "train" or not row["case"].startswith(f"{info['size']} px"):
+            if row["bench"] != bench or not row["case"].startswith(f"{info['size']} px"):
                 continue
             gflops = info["flops_per_step"] * row["value"] / (2 * info["batch"]) / 1e9
             kind = "bf16" if ("bf16" in row["variant"] or "fp16" in row["variant"]) else "fp32"
@@ -268,6 +272,9 @@ def write() -> str:
         ]
         if data["extra"].get("load"):
             lines[-1] += f" Load average (1 min) at start → end: {data['extra']['load']}."
+        if data["machine"].get("malloc_env"):
+            settings = ", ".join(f"`{k}={v}`" for k, v in data["machine"]["malloc_env"].items())
+            lines[-1] += f" glibc malloc settings: {settings}."
         lines += [""] + _row_table(rows) + [""]
         if key == "train":
             for info in data["extra"].get("sizes", []):
@@ -281,6 +288,5 @@ def write() -> str:
             lines.append("")
     lines += [NOTES]
     text = "\n".join(lines)
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
-    REPORT.write_text(text)
+    write_atomic(report_path(), text)
     return text
