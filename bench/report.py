@@ -22,7 +22,9 @@ steps, images and every ablation at every size; `--gpu` keeps the GPU visible an
 variants (on a CPU-only machine the GPU is hidden and fp16 is skipped: TF has no fast fp16 CPU
 kernels). Each benchmark runs in its own process, writes `bench/results/<name>.json`, and this
 file is regenerated from all result files (`python -m bench report`). Every row names the
-command that produced it.
+command that produced it. `--out DIR` writes the result files and this report to DIR instead
+(trial runs); `python -m bench train --malloc tuned` reruns the train rows with glibc's malloc
+told to keep freed memory (section 1–2b).
 
 Method: the project and its baseline are measured in the same process, interleaved round by
 round (alternating order), so load from other processes hits both alike; a row reports the
@@ -70,8 +72,15 @@ NOTES = """\
   (no change), under bf16 one cast per kernel per step shared by G's two calls instead of
   Keras' cast per call (0–1.6%, within the noise), and without a pool D on [real] and [fake]
   separately (−2% to +5%, no consistent gain).
+- **Image pool.** "project, fp32, image pool 50" is real training's setting (params/paper.yaml):
+  each D learns from [real; pooled] and judges [fake] for the generator loss, three images
+  through D instead of two but the same convolution FLOPs, as each loss's backward pass runs
+  over its own images only. Its time is within the noise of the no-pool step (64 and 128 px).
+  The seed has no pool, so that row's ratio is not like-for-like.
 - **Noise.** Differences under ~5% between rows of one size are within the run-to-run spread
-  here. The fused instance norm is 2–3× faster than `tf.nn.moments` per call (fwd + bwd, from
+  here. The seed's step moves more: 0.54–0.72 s at 64 px across runs, with 0.3–1.2 GB of page
+  faults a step depending on the state glibc's adaptive mmap threshold is in (see
+  "Allocator" above); ratios near a target flip with it. The fused instance norm is 2–3× faster than `tf.nn.moments` per call (fwd + bwd, from
   16×16 px up) but the step is convolution-bound: a separate 5–6-round comparison measured
   2.29 vs 2.36 s/step at 256 px (3%) and no difference at 128 px.
 - **Defaults.** params/paper.yaml (the real training settings) turns `fuse_calls`,
@@ -184,7 +193,47 @@ def findings(results: dict) -> list[str]:
                         else ""
                     )
                 )
+    tuned = results.get("train_malloc_tuned")
+    if train and tuned:
+        lines.append(_allocator_finding(train, tuned))
     return lines
+
+
+def _allocator_finding(train: dict, tuned: dict) -> str:
+    """How much of the train rows' margin is the allocator: section 1–2b against 1–2."""
+
+    def by_size(data, bench):
+        out: dict[int, dict[str, float]] = {}
+        for r in data["rows"]:
+            if r["bench"] == bench:
+                out.setdefault(int(r["case"].split()[0]), {})[r["variant"]] = r["value"]
+        return out
+
+    default, alloc = by_size(train, "train"), by_size(tuned, "train_malloc_tuned")
+    sizes = [s for s in sorted(alloc) if s in default]
+    seed = "seed step, fp32 (baseline)"
+    variants = [v for v in ("project, fp32", "project, bf16") if all(v in alloc[s] for s in sizes)]
+
+    def per_size(fn):
+        return " / ".join(fn(s) for s in sizes)
+
+    speedup = per_size(lambda s: f"{100 * (alloc[s][seed] / default[s][seed] - 1):+.0f}%")
+    project = [alloc[s][v] / default[s][v] - 1 for s in sizes for v in variants]
+    ratios = "; ".join(
+        f"{v.removeprefix('project, ')} "
+        + per_size(lambda s, v=v: f"{alloc[s][v] / alloc[s][seed]:.2f}×")
+        for v in variants
+    )
+    px = " / ".join(str(s) for s in sizes)
+    return (
+        f"- Allocator: with glibc's malloc tuned to keep freed memory (section 1–2b) the seed's "
+        f"throughput changes by {speedup} ({px} px) and the project's by "
+        f"{100 * min(project):+.0f}% to {100 * max(project):+.0f}%; the ratios there are {ratios}. "
+        f"The seed's native convolutions page-fault big scratch buffers in anew each call (the "
+        f"'page-faulted/step' notes), the project's step hardly at all. The targets are judged "
+        f"with the default allocator, the one a training script gets unless it sets "
+        f"MALLOC_* variables; 1–2b is how much of the margin comes from it."
+    )
 
 
 def _sections(results: dict) -> dict[str, list[tuple[dict, dict]]]:

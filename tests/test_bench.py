@@ -69,3 +69,26 @@ def test_train_benchmark_measures_seed_and_project_and_writes_report_to_out(tmp_
     )
     assert _digests() == before, "--out must leave bench/results and docs/BENCHMARKS.md alone"
     assert not list((REPO / "bench" / "results").glob("train_part_*"))
+
+
+def test_allocator_finding_compares_the_tuned_run_with_the_default_one():
+    from bench.report import _allocator_finding
+
+    def result(bench, seed_s, fp32_s, bf16_s):
+        rows = [
+            {"bench": bench, "case": f"{size} px, batch 1", "variant": v, "value": 2 / t}
+            for size, scale in ((64, 1.0), (128, 4.0))
+            for v, t in (
+                ("seed step, fp32 (baseline)", seed_s * scale),
+                ("project, fp32", fp32_s * scale),
+                ("project, bf16", bf16_s * scale),
+            )
+        ]
+        return {"rows": [*rows, {"bench": "peak", "case": "4096x4096 matmul", "variant": "fp32"}]}
+
+    line = _allocator_finding(
+        result("train", 0.6, 0.25, 0.2), result("train_malloc_tuned", 0.5, 0.25, 0.25)
+    )
+    assert "changes by +20% / +20% (64 / 128 px)" in line  # seed: 0.6 s -> 0.5 s
+    assert "the project's by -20% to +0%" in line  # bf16 0.2 -> 0.25 s, fp32 unchanged
+    assert "fp32 2.00× / 2.00×; bf16 2.00× / 2.00×" in line  # 0.5 / 0.25, tuned vs tuned
