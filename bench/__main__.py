@@ -213,22 +213,23 @@ def main(argv=None) -> int:
         for name in names:
             run_one(name, args)
         return 0
+    jobs = [(name, args) for name in names if name != "report"]
+    if args.full and not args.names and args.malloc == "default":  # + the allocator check
+        jobs.insert(1, ("train", argparse.Namespace(**{**vars(args), "malloc": "tuned"})))
     failed = []
-    for name in names:
-        if name == "report":
-            continue
+    for name, job in jobs:
         t0 = time.perf_counter()
-        log(f"=== {name} ===")
-        argv_child = [sys.executable, "-m", "bench", name, "--child", *flags(args)]
+        label = name if job.malloc == "default" else f"{name} --malloc {job.malloc}"
+        log(f"=== {label} ===")
+        argv_child = [sys.executable, "-m", "bench", name, "--child", *flags(job)]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        if name == "train" and args.malloc == "tuned":
+        if name == "train" and job.malloc == "tuned":
             env.update(TUNED_MALLOC)
         proc = subprocess.run(argv_child, cwd=REPO, env=env)
-        log(
-            f"=== {name}: {'ok' if proc.returncode == 0 else 'FAILED'} in {time.perf_counter() - t0:.0f}s"
-        )
+        ok = "ok" if proc.returncode == 0 else "FAILED"
+        log(f"=== {label}: {ok} in {time.perf_counter() - t0:.0f}s")
         if proc.returncode:
-            failed.append(name)
+            failed.append(label)
     if "report" in names or not args.names:
         from bench import report
 

@@ -23,8 +23,8 @@ variants (on a CPU-only machine the GPU is hidden and fp16 is skipped: TF has no
 kernels). Each benchmark runs in its own process, writes `bench/results/<name>.json`, and this
 file is regenerated from all result files (`python -m bench report`). Every row names the
 command that produced it. `--out DIR` writes the result files and this report to DIR instead
-(trial runs); `python -m bench train --malloc tuned` reruns the train rows with glibc's malloc
-told to keep freed memory (section 1–2b).
+(trial runs); `python -m bench train --malloc tuned` (part of `--full`) reruns the train rows
+with glibc's malloc told to keep freed memory (section 1–2b).
 
 Method: the project and its baseline are measured in the same process, interleaved round by
 round (alternating order), so load from other processes hits both alike; a row reports the
@@ -194,8 +194,14 @@ def findings(results: dict) -> list[str]:
                     )
                 )
     tuned = results.get("train_malloc_tuned")
-    if train and tuned:
+    if train and tuned and tuned["code"] == train["code"]:
         lines.append(_allocator_finding(train, tuned))
+    elif train and tuned:
+        lines.append(
+            f"- Allocator: section 1–2b was measured at code {tuned['code']}, section 1–2 at "
+            f"{train['code']}; rerun `python -m bench train --malloc tuned` (or `--full`) to "
+            f"compare them."
+        )
     return lines
 
 
@@ -229,8 +235,11 @@ def _allocator_finding(train: dict, tuned: dict) -> str:
         f"- Allocator: with glibc's malloc tuned to keep freed memory (section 1–2b) the seed's "
         f"throughput changes by {speedup} ({px} px) and the project's by "
         f"{100 * min(project):+.0f}% to {100 * max(project):+.0f}%; the ratios there are {ratios}. "
-        f"The seed's native convolutions page-fault big scratch buffers in anew each call (the "
-        f"'page-faulted/step' notes), the project's step hardly at all. The targets are judged "
+        f"TF's native convolutions on the U-Net's big-weight inner layers take big buffers from "
+        f"malloc at each call, which glibc maps and zeroes anew (the 'page-faulted/step' notes: "
+        f"the seed's step faults, the project's hardly, its 'small_conv native' ablation brings "
+        f"the faults back; the seed with the project's fused Adam faults as much as before). "
+        f"The targets are judged "
         f"with the default allocator, the one a training script gets unless it sets "
         f"MALLOC_* variables; 1–2b is how much of the margin comes from it."
     )
