@@ -11,6 +11,11 @@ reported number is the best round (as `timeit`: other processes only ever add ti
 Loss check: each project variant starts from the seed's weights and takes one step on the same
 batch with dropout switched off (the U-Net's dropout masks are random); the relative difference
 of its losses (generator total, D_X, D_Y) to the seed's fp32 losses is reported.
+
+Each row also gives the page faults of a step (median round), the memory the kernel had to map
+and zero anew: the cost that `python -m bench train --malloc tuned` takes away from both steps.
+One extra row runs the project with real training's image pool (pool_size 50); the seed has no
+pool, so its ratio is for information only.
 """
 
 from __future__ import annotations
