@@ -16,16 +16,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def results_dir() -> Path:
-    """bench/results, or $BENCH_OUT (`--out`: trial runs and tests keep the committed ones)."""
+def _out() -> Path | None:
+    """$BENCH_OUT, set by `--out`: trial runs and tests keep the committed results."""
     out = os.environ.get("BENCH_OUT")
-    return Path(out) if out else REPO / "bench" / "results"
+    return Path(out) if out else None
+
+
+def results_dir() -> Path:
+    """bench/results, or $BENCH_OUT."""
+    return _out() or REPO / "bench" / "results"
 
 
 def report_path() -> Path:
     """docs/BENCHMARKS.md, or BENCHMARKS.md in $BENCH_OUT."""
-    out = os.environ.get("BENCH_OUT")
-    return Path(out) / "BENCHMARKS.md" if out else REPO / "docs" / "BENCHMARKS.md"
+    out = _out()
+    return out / "BENCHMARKS.md" if out else REPO / "docs" / "BENCHMARKS.md"
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -80,7 +80,8 @@ NOTES = """\
 - **Noise.** Differences under ~5% between rows of one size are within the run-to-run spread
   here. The seed's step moves more: 0.54–0.72 s at 64 px across runs, with 0.3–1.2 GB of page
   faults a step depending on the state glibc's adaptive mmap threshold is in (see
-  "Allocator" above); ratios near a target flip with it. The fused instance norm is 2–3× faster than `tf.nn.moments` per call (fwd + bwd, from
+  "Allocator" above); ratios near a target flip with it. The fused instance norm is 2–3×
+  faster than `tf.nn.moments` per call (fwd + bwd, from
   16×16 px up) but the step is convolution-bound: a separate 5–6-round comparison measured
   2.29 vs 2.36 s/step at 256 px (3%) and no difference at 128 px.
 - **Defaults.** params/paper.yaml (the real training settings) turns `fuse_calls`,
@@ -239,9 +240,8 @@ def _allocator_finding(train: dict, tuned: dict) -> str:
         f"malloc at each call, which glibc maps and zeroes anew (the 'page-faulted/step' notes: "
         f"the seed's step faults, the project's hardly, its 'small_conv native' ablation brings "
         f"the faults back; the seed with the project's fused Adam faults as much as before). "
-        f"The targets are judged "
-        f"with the default allocator, the one a training script gets unless it sets "
-        f"MALLOC_* variables; 1–2b is how much of the margin comes from it."
+        f"The targets are judged with the default allocator, the one a training script gets "
+        f"unless it sets MALLOC_* variables; 1–2b is how much of the margin comes from it."
     )
 
 

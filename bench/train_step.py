@@ -213,20 +213,18 @@ class dropout_off:
 # ------------------------------------------------------------------ the benchmark
 
 
-def _minor_faults() -> int:
+def _faulted_bytes() -> int:
+    """Memory this process has page-faulted in so far: each fault is a fresh page the kernel
+    zeroes, the cost of big buffers malloc returns to the kernel and maps again next step."""
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt * resource.getpagesize()
 
 
 def _faults_note(per_step: list[float]) -> str:
-    """Page faults a step (median round): each is a page the kernel zeroes, the cost of big
-    buffers that malloc returns to the kernel and maps again on the next step."""
-    import resource
-
     from bench.common import median
 
-    return f"{median(per_step) * resource.getpagesize() / 1e9:.2f} GB page-faulted/step"
+    return f"{median(per_step) / 1e9:.2f} GB page-faulted/step"
 
 
 def run_size(
@@ -266,16 +264,16 @@ def run_size(
         info["compile_s"][name] = info["compile_s"].get(name, 0) + time.perf_counter() - t0
     times = {name: [] for name in runners_order}
     cpu = {name: [] for name in runners_order}
-    faults = {name: [] for name in runners_order}  # fresh pages the kernel had to zero
+    faults = {name: [] for name in runners_order}  # bytes page-faulted in, per step
     for r in range(rounds):
         order = runners_order if r % 2 == 0 else runners_order[::-1]
         for name in order:
-            t0, c0, f0 = time.perf_counter(), time.process_time(), _minor_faults()
+            t0, c0, f0 = time.perf_counter(), time.process_time(), _faulted_bytes()
             for _ in range(steps):
                 runners[name].run(photo, monet)
             times[name].append((time.perf_counter() - t0) / steps)
             cpu[name].append((time.process_time() - c0) / steps)
-            faults[name].append((_minor_faults() - f0) / steps)
+            faults[name].append((_faulted_bytes() - f0) / steps)
     info["step_s"] = times
     info["step_cpu_s"] = cpu
     info["step_page_faults"] = faults

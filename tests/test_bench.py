@@ -68,7 +68,6 @@ def test_train_benchmark_measures_seed_and_project_and_writes_report_to_out(tmp_
         report
     )
     assert _digests() == before, "--out must leave bench/results and docs/BENCHMARKS.md alone"
-    assert not list((REPO / "bench" / "results").glob("train_part_*"))
 
 
 def test_allocator_finding_compares_the_tuned_run_with_the_default_one():
